@@ -1,0 +1,215 @@
+//! Broker configuration: every flag has a `SANDBOX_*` environment fallback.
+//!
+//! The struct is plain data so tests build it directly (`BrokerConfig::for_tests`) instead of
+//! touching the process environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::secret::SecretString;
+
+/// Where the broker listens, what it runs and what it may use.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerConfig {
+    /// gRPC listen address. A non-loopback address requires `--auth-token`.
+    #[arg(
+        long = "listen",
+        env = "SANDBOX_LISTEN_ADDR",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub listen_addr: SocketAddr,
+
+    /// Bearer token every RPC except health must carry. Required off loopback.
+    #[arg(long, env = "SANDBOX_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<SecretString>,
+
+    /// Workspaces and output spools live here.
+    #[arg(long, env = "SANDBOX_DATA_DIR", default_value = ".studio/sandbox")]
+    pub data_dir: PathBuf,
+
+    /// Directory holding `<name>/template.toml`; the built-in copies are used when it is absent.
+    #[arg(long, env = "SANDBOX_TEMPLATES_DIR", default_value = "templates")]
+    pub templates_dir: PathBuf,
+
+    /// Sandbox provider: `local` (bubblewrap).
+    #[arg(long, env = "SANDBOX_PROVIDER", default_value = "local")]
+    pub provider: String,
+
+    /// Run `local` sandboxes WITHOUT isolation when bubblewrap is missing. Never in production.
+    #[arg(
+        long,
+        env = "SANDBOX_LOCAL_UNSAFE_NO_ISOLATION",
+        default_value_t = false
+    )]
+    pub unsafe_no_isolation: bool,
+
+    /// Host paths hidden (empty tmpfs) inside `local` sandboxes, on top of the data dir, which is always hidden.
+    #[arg(
+        long,
+        env = "SANDBOX_LOCAL_HIDE_PATHS",
+        value_delimiter = ',',
+        default_value = "/root,/home"
+    )]
+    pub hide_paths: Vec<PathBuf>,
+
+    /// Extra secrets to mask in every output byte and error, comma separated (E2B and GitHub keys are added automatically).
+    #[arg(
+        long,
+        env = "SANDBOX_REDACT_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub redact_secrets: Vec<SecretString>,
+
+    /// E2B API key (used by the `e2b` provider; masked everywhere).
+    #[arg(long, env = "E2B_API_KEY", hide_env_values = true)]
+    pub e2b_api_key: Option<SecretString>,
+
+    /// GitHub token (used by the `github` code host; masked everywhere).
+    #[arg(long, env = "GITHUB_TOKEN", hide_env_values = true)]
+    pub github_token: Option<SecretString>,
+
+    /// How long SIGTERM waits for in-flight RPCs after killing sandboxes.
+    #[arg(long, env = "SANDBOX_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Every bound the broker enforces. Hitting one gives `RESOURCE_EXHAUSTED` naming it.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Running sandboxes per broker.
+    #[arg(long, env = "SANDBOX_MAX_SANDBOXES", default_value_t = 256)]
+    pub max_sandboxes: usize,
+
+    /// Processes (running or exited) per sandbox.
+    #[arg(long, env = "SANDBOX_MAX_PROCESSES_PER_SANDBOX", default_value_t = 64)]
+    pub max_processes_per_sandbox: usize,
+
+    /// Shortest sandbox timeout a request may ask for.
+    #[arg(long, env = "SANDBOX_MIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1s")]
+    pub min_timeout: Duration,
+
+    /// Longest sandbox timeout a request may ask for.
+    #[arg(long, env = "SANDBOX_MAX_TIMEOUT", value_parser = humantime::parse_duration, default_value = "24h")]
+    pub max_timeout: Duration,
+
+    /// Largest file WriteFile accepts or ReadFile returns, in bytes.
+    #[arg(long, env = "SANDBOX_MAX_FILE_BYTES", default_value_t = 16 << 20)]
+    pub max_file_bytes: u64,
+
+    /// Largest gRPC message the broker decodes, in bytes (must exceed max_file_bytes).
+    #[arg(long, env = "SANDBOX_MAX_MESSAGE_BYTES", default_value_t = (16 << 20) + (64 << 10))]
+    pub max_message_bytes: usize,
+
+    /// Concurrent StartProcess/AttachProcess streams per broker.
+    #[arg(long, env = "SANDBOX_MAX_STREAMS", default_value_t = 2048)]
+    pub max_streams: usize,
+
+    /// Output spooled per process on disk; past it the oldest events are dropped.
+    #[arg(long, env = "SANDBOX_SPOOL_BYTES", default_value_t = 64 << 20)]
+    pub spool_bytes: u64,
+
+    /// Ended sandboxes remembered (with their spools) for GetSandbox and late attaches.
+    #[arg(long, env = "SANDBOX_MAX_ENDED_SANDBOXES", default_value_t = 256)]
+    pub max_ended_sandboxes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "refusing to listen on non-loopback address {0} without an auth token: set SANDBOX_AUTH_TOKEN"
+    )]
+    TokenRequired(SocketAddr),
+    #[error("SANDBOX_MAX_MESSAGE_BYTES ({message}) must exceed SANDBOX_MAX_FILE_BYTES ({file})")]
+    MessageSmallerThanFile { message: usize, file: u64 },
+    #[error(
+        "SANDBOX_MIN_TIMEOUT ({min:?}) must be at least 1s and not above SANDBOX_MAX_TIMEOUT ({max:?})"
+    )]
+    TimeoutRange { min: Duration, max: Duration },
+    #[error("{name} must be at least {min}")]
+    TooSmall { name: &'static str, min: u64 },
+    #[error("SANDBOX_AUTH_TOKEN must be at least 16 characters")]
+    WeakToken,
+}
+
+impl BrokerConfig {
+    /// Checks the combinations clap cannot: called by `run` before anything starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listen_addr.ip().is_loopback() && self.auth_token.is_none() {
+            return Err(ConfigError::TokenRequired(self.listen_addr));
+        }
+        if self
+            .auth_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+        {
+            return Err(ConfigError::WeakToken);
+        }
+        let l = &self.limits;
+        if l.max_message_bytes as u64 <= l.max_file_bytes {
+            return Err(ConfigError::MessageSmallerThanFile {
+                message: l.max_message_bytes,
+                file: l.max_file_bytes,
+            });
+        }
+        if l.min_timeout < Duration::from_secs(1) || l.min_timeout > l.max_timeout {
+            return Err(ConfigError::TimeoutRange {
+                min: l.min_timeout,
+                max: l.max_timeout,
+            });
+        }
+        if l.spool_bytes < 64 << 10 {
+            return Err(ConfigError::TooSmall {
+                name: "SANDBOX_SPOOL_BYTES",
+                min: 64 << 10,
+            });
+        }
+        for (name, value) in [
+            ("SANDBOX_MAX_SANDBOXES", l.max_sandboxes),
+            (
+                "SANDBOX_MAX_PROCESSES_PER_SANDBOX",
+                l.max_processes_per_sandbox,
+            ),
+            ("SANDBOX_MAX_STREAMS", l.max_streams),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::TooSmall { name, min: 1 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every secret the broker holds, for the redactor.
+    pub fn secrets(&self) -> Vec<SecretString> {
+        let mut secrets: Vec<SecretString> = self.redact_secrets.clone();
+        secrets.extend(self.e2b_api_key.clone());
+        secrets.extend(self.github_token.clone());
+        if let Some(token) = &self.auth_token {
+            secrets.push(token.clone());
+        }
+        secrets
+    }
+
+    /// Defaults with the data dir at `data_dir`, loopback on an ephemeral port: for tests.
+    pub fn for_tests(data_dir: PathBuf) -> BrokerConfig {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: BrokerConfig,
+        }
+        // Parsing an empty argv yields the documented defaults (environment fallbacks included,
+        // which tests do not set).
+        let mut config = Wrapper::parse_from(["sandbox-svc"]).config;
+        config.listen_addr = "127.0.0.1:0".parse().expect("literal address");
+        config.data_dir = data_dir;
+        config.templates_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../templates"));
+        config
+    }
+}

@@ -1,0 +1,278 @@
+//! Proto ⇄ domain conversions. Incoming messages are validated here, naming the bad field.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
+
+use agentstudio_proto::sandbox::v1 as pb;
+use tonic::Status;
+
+use crate::broker::BrokerError;
+use crate::broker::model::{self, EndReason, ProcessView, SandboxState, SandboxView, Signal};
+use crate::spool::{EventBody, SpooledEvent};
+use crate::workspace_path::WorkspacePath;
+
+/// Longest argv accepted, in entries.
+const MAX_ARGV: usize = 4096;
+/// Longest tag or idempotency key, in bytes.
+const MAX_LABEL_BYTES: usize = 256;
+
+pub fn sorted(map: HashMap<String, String>) -> BTreeMap<String, String> {
+    map.into_iter().collect()
+}
+
+pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+/// A proto Duration as a std one: negative, out-of-range nanos or overflow are rejected.
+pub fn duration(
+    field: &str,
+    value: Option<prost_types::Duration>,
+) -> Result<Option<Duration>, BrokerError> {
+    let Some(value) = value else { return Ok(None) };
+    if value.seconds < 0 || value.nanos < 0 {
+        return Err(BrokerError::invalid(
+            field,
+            format!(
+                "must not be negative (got {}s {}ns)",
+                value.seconds, value.nanos
+            ),
+        ));
+    }
+    if value.nanos >= 1_000_000_000 {
+        return Err(BrokerError::invalid(
+            field,
+            format!("nanos must be below 1e9 (got {})", value.nanos),
+        ));
+    }
+    let duration = Duration::new(value.seconds as u64, value.nanos as u32);
+    Ok(if duration.is_zero() {
+        None
+    } else {
+        Some(duration)
+    })
+}
+
+pub fn label(field: &str, value: String) -> Result<String, BrokerError> {
+    if value.len() > MAX_LABEL_BYTES {
+        return Err(BrokerError::invalid(
+            field,
+            format!(
+                "is {} bytes, at most {MAX_LABEL_BYTES} allowed",
+                value.len()
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+pub fn create_sandbox(
+    request: pb::CreateSandboxRequest,
+) -> Result<model::CreateSandbox, BrokerError> {
+    if request.template.is_empty() {
+        return Err(BrokerError::invalid("template", "must not be empty"));
+    }
+    let env = sorted(request.env);
+    model::validate_env("env", &env)?;
+    let metadata = sorted(request.metadata);
+    model::validate_map("metadata", &metadata)?;
+    let timeout = duration("timeout", request.timeout)?;
+    let key = label("idempotency_key", request.idempotency_key)?;
+    Ok(model::CreateSandbox {
+        template: request.template,
+        env,
+        timeout,
+        metadata,
+        idempotency_key: if key.is_empty() { None } else { Some(key) },
+    })
+}
+
+pub fn start_process(request: pb::StartProcessRequest) -> Result<model::StartProcess, BrokerError> {
+    if request.argv.is_empty() {
+        return Err(BrokerError::invalid(
+            "argv",
+            "must not be empty: give the program and its arguments",
+        ));
+    }
+    if request.argv[0].is_empty() {
+        return Err(BrokerError::invalid(
+            "argv",
+            "argv[0] (the program) must not be empty",
+        ));
+    }
+    if request.argv.len() > MAX_ARGV {
+        return Err(BrokerError::invalid(
+            "argv",
+            format!("{} entries, at most {MAX_ARGV} allowed", request.argv.len()),
+        ));
+    }
+    if let Some(index) = request.argv.iter().position(|arg| arg.contains('\0')) {
+        return Err(BrokerError::invalid(
+            "argv",
+            format!("argv[{index}] contains a NUL byte"),
+        ));
+    }
+    let cwd = match request.cwd.as_str() {
+        "" | "." => None,
+        raw => Some(
+            WorkspacePath::parse(raw).map_err(|e| BrokerError::invalid("cwd", e.to_string()))?,
+        ),
+    };
+    let env = sorted(request.env);
+    model::validate_env("env", &env)?;
+    Ok(model::StartProcess {
+        argv: request.argv,
+        cwd,
+        env,
+        tag: label("tag", request.tag)?,
+        stdin: request.stdin,
+    })
+}
+
+pub fn workspace_path(raw: &str) -> Result<WorkspacePath, BrokerError> {
+    WorkspacePath::parse(raw).map_err(|e| BrokerError::invalid("path", e.to_string()))
+}
+
+pub fn signal(raw: i32) -> Result<Signal, BrokerError> {
+    match pb::Signal::try_from(raw) {
+        Ok(pb::Signal::Sigterm) => Ok(Signal::Term),
+        Ok(pb::Signal::Sigkill) => Ok(Signal::Kill),
+        Ok(pb::Signal::Sigint) => Ok(Signal::Int),
+        Ok(pb::Signal::Sighup) => Ok(Signal::Hup),
+        Ok(pb::Signal::Unspecified) => Err(BrokerError::invalid(
+            "signal",
+            "must be set (SIGNAL_SIGTERM, SIGNAL_SIGKILL, SIGNAL_SIGINT or SIGNAL_SIGHUP)",
+        )),
+        Err(_) => Err(BrokerError::invalid(
+            "signal",
+            format!("unknown value {raw}"),
+        )),
+    }
+}
+
+pub fn sandbox(view: SandboxView) -> pb::Sandbox {
+    let (ended_at, end_reason, end_message) = match view.ended {
+        Some(ended) => {
+            let reason = match ended.reason {
+                EndReason::KilledByRequest => pb::SandboxEndReason::KilledByRequest,
+                EndReason::TimedOut => pb::SandboxEndReason::TimedOut,
+                EndReason::BrokerShutdown => pb::SandboxEndReason::BrokerShutdown,
+            };
+            (Some(timestamp(ended.at)), reason, ended.message)
+        }
+        None => (None, pb::SandboxEndReason::Unspecified, String::new()),
+    };
+    pb::Sandbox {
+        sandbox_id: view.sandbox_id,
+        template: view.template,
+        state: match view.state {
+            SandboxState::Running => pb::SandboxState::Running,
+            SandboxState::Killed => pb::SandboxState::Killed,
+        } as i32,
+        created_at: Some(timestamp(view.created_at)),
+        expires_at: Some(timestamp(view.expires_at)),
+        metadata: view.metadata.into_iter().collect(),
+        ended_at,
+        end_reason: end_reason as i32,
+        end_message,
+        provider: view.provider.to_owned(),
+    }
+}
+
+pub fn process_info(view: ProcessView) -> pb::ProcessInfo {
+    pb::ProcessInfo {
+        process_id: view.process_id,
+        argv: view.argv,
+        tag: view.tag,
+        running: view.running,
+        exit_code: view.exit_code,
+        pid: view.pid,
+        started_at: Some(timestamp(view.started_at)),
+        last_seq: view.last_seq,
+        cwd: view.cwd,
+    }
+}
+
+pub fn process_event(process_id: &str, event: SpooledEvent) -> pb::ProcessEvent {
+    use pb::process_event::{Event, Exited, Started, Truncated};
+    let event_body = match event.body {
+        EventBody::Started { pid } => Event::Started(Started { pid }),
+        EventBody::Stdout(data) => Event::Stdout(data),
+        EventBody::Stderr(data) => Event::Stderr(data),
+        EventBody::Exited { exit_code, signal } => Event::Exited(Exited { exit_code, signal }),
+        EventBody::Truncated {
+            first_available_seq,
+        } => Event::Truncated(Truncated {
+            first_available_seq,
+        }),
+    };
+    pb::ProcessEvent {
+        process_id: process_id.to_owned(),
+        seq: event.seq,
+        event: Some(event_body),
+    }
+}
+
+/// The explicit code mapping at the edge. Messages are masked by the caller.
+pub fn status(error: &BrokerError, message: String) -> Status {
+    match error {
+        BrokerError::InvalidArgument { .. } => Status::invalid_argument(message),
+        BrokerError::NotFound(_) => Status::not_found(message),
+        BrokerError::ResourceExhausted(_) => Status::resource_exhausted(message),
+        BrokerError::FailedPrecondition(_) => Status::failed_precondition(message),
+        BrokerError::Unavailable(_) => Status::unavailable(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_durations_name_the_field() {
+        let negative = prost_types::Duration {
+            seconds: -5,
+            nanos: 0,
+        };
+        let err = duration("timeout", Some(negative)).unwrap_err().to_string();
+        assert!(err.starts_with("timeout: must not be negative"), "{err}");
+        let bad_nanos = prost_types::Duration {
+            seconds: 1,
+            nanos: 2_000_000_000,
+        };
+        assert!(
+            duration("timeout", Some(bad_nanos))
+                .unwrap_err()
+                .to_string()
+                .contains("nanos")
+        );
+        assert_eq!(
+            duration(
+                "timeout",
+                Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 0
+                })
+            )
+            .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn unknown_and_unset_signals_are_rejected() {
+        assert!(
+            signal(99)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown value 99")
+        );
+        assert!(
+            signal(0)
+                .unwrap_err()
+                .to_string()
+                .starts_with("signal: must be set")
+        );
+        assert_eq!(signal(pb::Signal::Sigkill as i32).unwrap(), Signal::Kill);
+    }
+}

@@ -1,0 +1,21 @@
+//! The sandbox broker (`sandbox-svc`): the only component that holds sandbox-provider and
+//! code-host credentials. It creates sandboxes, runs processes in them, spools and streams
+//! their output (masked, durable by seq) and serves `agentstudio.sandbox.v1.SandboxService`.
+//!
+//! Used as a binary (`sandbox-svc`), in-process by `studio up`, and by the tests, all through
+//! [`serve`].
+
+pub mod broker;
+pub mod config;
+pub mod grpc;
+pub mod provider;
+pub mod redact;
+pub mod secret;
+mod server;
+pub mod spool;
+pub mod telemetry;
+pub mod template;
+pub mod workspace_path;
+
+pub use config::BrokerConfig;
+pub use server::{run, serve, shutdown_signal};

@@ -1,0 +1,186 @@
+//! The bubblewrap command line for one sandboxed process.
+//!
+//! The sandbox's root is a fresh tmpfs holding read-only binds of every top-level host directory
+//! (so `/workspace` can be created on it), with the broker's data dir and configured private
+//! paths hidden under empty tmpfs mounts. The process runs in its own user, pid, ipc and uts
+//! namespaces (and network namespace unless the template allows network), as an unprivileged
+//! uid with every capability dropped, its environment cleared but for what was declared.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Where the workspace appears inside the sandbox.
+pub const WORKSPACE_MOUNT: &str = "/workspace";
+/// The unprivileged uid/gid processes run as inside the sandbox.
+const SANDBOX_UID: &str = "1000";
+/// Used when neither the template nor the request sets PATH.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Host layout read once at startup: how to rebuild `/` inside a sandbox.
+#[derive(Debug, Clone)]
+pub struct RootLayout {
+    /// `(host path, symlink target)`; `None` target = a directory to bind read-only.
+    entries: Vec<(PathBuf, Option<PathBuf>)>,
+    hidden: Vec<PathBuf>,
+}
+
+impl RootLayout {
+    /// Reads `/`. `hidden` paths that exist get an empty tmpfs over them.
+    pub fn from_host(hidden: &[PathBuf]) -> std::io::Result<RootLayout> {
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir("/")? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            // Mounted fresh (proc, dev, tmp) or never exposed (the host's own workspace dir).
+            if matches!(name, "proc" | "dev" | "tmp" | "workspace") {
+                continue;
+            }
+            let metadata = std::fs::symlink_metadata(&path)?;
+            if metadata.file_type().is_symlink() {
+                entries.push((path.clone(), Some(std::fs::read_link(&path)?)));
+            } else if metadata.is_dir() {
+                entries.push((path, None));
+            }
+        }
+        entries.sort();
+        let hidden = hidden.iter().filter(|p| p.is_dir()).cloned().collect();
+        Ok(RootLayout { entries, hidden })
+    }
+}
+
+/// Everything that varies per process.
+pub struct BwrapInvocation<'a> {
+    pub layout: &'a RootLayout,
+    pub workspace: &'a Path,
+    pub cwd: Option<&'a Path>,
+    pub network: bool,
+    pub env: &'a BTreeMap<String, String>,
+    pub argv: &'a [String],
+}
+
+impl BwrapInvocation<'_> {
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::with_capacity(64 + 3 * self.env.len());
+        let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
+            args.extend(items.iter().map(|item| item.as_ref().to_owned()));
+        };
+        push(&[
+            &"--die-with-parent",
+            &"--unshare-user",
+            &"--unshare-pid",
+            &"--unshare-ipc",
+            &"--unshare-uts",
+        ]);
+        if !self.network {
+            push(&[&"--unshare-net"]);
+        }
+        push(&[
+            &"--uid",
+            &SANDBOX_UID,
+            &"--gid",
+            &SANDBOX_UID,
+            &"--cap-drop",
+            &"ALL",
+            &"--hostname",
+            &"sandbox",
+        ]);
+        for (path, target) in &self.layout.entries {
+            match target {
+                Some(target) => push(&[&"--symlink", target, path]),
+                None => push(&[&"--ro-bind", path, path]),
+            }
+        }
+        for hidden in &self.layout.hidden {
+            push(&[&"--tmpfs", hidden]);
+        }
+        push(&[&"--proc", &"/proc", &"--dev", &"/dev", &"--tmpfs", &"/tmp"]);
+        push(&[&"--bind", &self.workspace, &WORKSPACE_MOUNT]);
+        let cwd = match self.cwd {
+            Some(cwd) => Path::new(WORKSPACE_MOUNT).join(cwd),
+            None => PathBuf::from(WORKSPACE_MOUNT),
+        };
+        push(&[&"--chdir", &cwd, &"--clearenv"]);
+        for (key, value) in self.env {
+            push(&[&"--setenv", key, value]);
+        }
+        push(&[&"--"]);
+        for arg in self.argv {
+            push(&[arg]);
+        }
+        args
+    }
+}
+
+/// The environment a process gets: defaults, then sandbox env, then the request's env.
+pub fn process_env(
+    sandbox_env: &BTreeMap<String, String>,
+    request_env: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::from([
+        ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
+        ("HOME".to_owned(), WORKSPACE_MOUNT.to_owned()),
+    ]);
+    env.extend(sandbox_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(request_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolation_flags_and_declared_env_only() {
+        let layout = RootLayout {
+            entries: vec![
+                ("/usr".into(), None),
+                ("/bin".into(), Some("usr/bin".into())),
+            ],
+            hidden: vec!["/root".into()],
+        };
+        let env = process_env(
+            &BTreeMap::from([("A".into(), "1".into())]),
+            &BTreeMap::from([("A".into(), "2".into())]),
+        );
+        let invocation = BwrapInvocation {
+            layout: &layout,
+            workspace: Path::new("/data/ws/sbx"),
+            cwd: Some(Path::new("src")),
+            network: false,
+            env: &env,
+            argv: &["echo".into(), "hi".into()],
+        };
+        let args: Vec<String> = invocation
+            .args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let joined = args.join(" ");
+        for expected in [
+            "--unshare-user --unshare-pid --unshare-ipc --unshare-uts --unshare-net",
+            "--cap-drop ALL",
+            "--ro-bind /usr /usr",
+            "--symlink usr/bin /bin",
+            "--tmpfs /root",
+            "--tmpfs /tmp",
+            "--bind /data/ws/sbx /workspace",
+            "--chdir /workspace/src --clearenv",
+            "--setenv A 2",
+            "-- echo hi",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in {joined}"
+            );
+        }
+        let with_network = BwrapInvocation {
+            network: true,
+            ..invocation
+        };
+        assert!(!with_network.args().iter().any(|a| a == "--unshare-net"));
+    }
+}

@@ -1,0 +1,280 @@
+//! The `local` provider: bubblewrap-isolated processes, one workspace directory per sandbox.
+//!
+//! It needs no account and no network, so every flow runs on a fresh machine. Each process is
+//! its own bubblewrap invocation sharing the sandbox's workspace; processes of one sandbox
+//! therefore do not see each other's pids or loopback network (documented in the README).
+
+mod bwrap;
+mod fs;
+mod process;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::process::Command;
+
+pub use bwrap::{DEFAULT_PATH, WORKSPACE_MOUNT};
+
+use self::bwrap::{BwrapInvocation, RootLayout, process_env};
+use self::process::TrackedProcess;
+use crate::provider::{
+    ProcessSpec, ProviderError, ProviderSandbox, SandboxProvider, SandboxSpec, StartedProcess,
+};
+use crate::workspace_path::WorkspacePath;
+
+/// How long `kill` waits for killed processes to be reaped before reporting failure.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// How processes are isolated.
+#[derive(Debug, Clone)]
+pub enum Isolation {
+    Bubblewrap {
+        program: PathBuf,
+        layout: RootLayout,
+    },
+    /// Plain child processes in the workspace directory. Only with the explicit unsafe flag.
+    None,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalProviderError {
+    #[error(
+        "bubblewrap (`bwrap`) is not installed, so the local provider cannot isolate sandboxes: install the Debian package `bubblewrap` (apt-get install -y bubblewrap), or pass --unsafe-no-isolation (SANDBOX_LOCAL_UNSAFE_NO_ISOLATION=true) to run without isolation"
+    )]
+    BubblewrapMissing,
+    #[error("bubblewrap is installed but cannot create a sandbox here: {0}")]
+    BubblewrapBroken(String),
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct LocalProvider {
+    workspaces_dir: PathBuf,
+    isolation: Isolation,
+}
+
+impl LocalProvider {
+    /// Checks that bubblewrap works (or that running without it was asked for, loudly).
+    /// `hidden` paths (the data dir, private host dirs) appear empty inside sandboxes.
+    pub fn new(
+        workspaces_dir: PathBuf,
+        hidden: &[PathBuf],
+        unsafe_no_isolation: bool,
+    ) -> Result<LocalProvider, LocalProviderError> {
+        std::fs::create_dir_all(&workspaces_dir).map_err(|source| LocalProviderError::Io {
+            path: workspaces_dir.clone(),
+            source,
+        })?;
+        let isolation = match find_on_path("bwrap") {
+            Some(program) => {
+                let layout =
+                    RootLayout::from_host(hidden).map_err(|source| LocalProviderError::Io {
+                        path: "/".into(),
+                        source,
+                    })?;
+                check_bubblewrap(&program, &layout, &workspaces_dir)?;
+                Isolation::Bubblewrap { program, layout }
+            }
+            None if unsafe_no_isolation => {
+                tracing::error!(
+                    "SANDBOX ISOLATION IS OFF: bubblewrap is missing and --unsafe-no-isolation is set; sandboxed processes run as plain children of the broker with full access to this host"
+                );
+                Isolation::None
+            }
+            None => return Err(LocalProviderError::BubblewrapMissing),
+        };
+        Ok(LocalProvider {
+            workspaces_dir,
+            isolation,
+        })
+    }
+
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
+    }
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Runs `true` in a sandbox once, so a broken setup fails at start, not on the first request.
+fn check_bubblewrap(
+    program: &Path,
+    layout: &RootLayout,
+    workspaces_dir: &Path,
+) -> Result<(), LocalProviderError> {
+    let env = process_env(&BTreeMap::new(), &BTreeMap::new());
+    let invocation = BwrapInvocation {
+        layout,
+        workspace: workspaces_dir,
+        cwd: None,
+        network: false,
+        env: &env,
+        argv: &["true".to_owned()],
+    };
+    let output = std::process::Command::new(program)
+        .args(invocation.args())
+        .output()
+        .map_err(|e| LocalProviderError::BubblewrapBroken(e.to_string()))?;
+    if !output.status.success() {
+        return Err(LocalProviderError::BubblewrapBroken(
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl SandboxProvider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<Arc<dyn ProviderSandbox>, ProviderError> {
+        let workspace = self.workspaces_dir.join(&spec.sandbox_id);
+        tokio::fs::create_dir(&workspace)
+            .await
+            .map_err(|e| ProviderError::Unavailable(format!("cannot create workspace: {e}")))?;
+        if matches!(self.isolation, Isolation::None) {
+            tracing::warn!(sandbox_id = %spec.sandbox_id, "sandbox runs WITHOUT isolation");
+        }
+        Ok(Arc::new(LocalSandbox {
+            workspace,
+            isolation: self.isolation.clone(),
+            network: spec.template.network,
+            env: spec.env,
+            processes: std::sync::Mutex::new(Vec::new()),
+            killed: AtomicBool::new(false),
+        }))
+    }
+}
+
+struct LocalSandbox {
+    workspace: PathBuf,
+    isolation: Isolation,
+    network: bool,
+    env: BTreeMap<String, String>,
+    processes: std::sync::Mutex<Vec<TrackedProcess>>,
+    killed: AtomicBool,
+}
+
+impl LocalSandbox {
+    fn command(&self, spec: &ProcessSpec) -> Command {
+        let env = process_env(&self.env, &spec.env);
+        match &self.isolation {
+            Isolation::Bubblewrap { program, layout } => {
+                let invocation = BwrapInvocation {
+                    layout,
+                    workspace: &self.workspace,
+                    cwd: spec.cwd.as_ref().map(WorkspacePath::as_path),
+                    network: self.network,
+                    env: &env,
+                    argv: &spec.argv,
+                };
+                let mut command = Command::new(program);
+                command.args(invocation.args()).env_clear();
+                command
+            }
+            Isolation::None => {
+                let mut command = Command::new(&spec.argv[0]);
+                let cwd = match &spec.cwd {
+                    Some(cwd) => self.workspace.join(cwd.as_path()),
+                    None => self.workspace.clone(),
+                };
+                command
+                    .args(&spec.argv[1..])
+                    .current_dir(cwd)
+                    .env_clear()
+                    .envs(&env);
+                command
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProviderSandbox for LocalSandbox {
+    async fn start_process(&self, spec: ProcessSpec) -> Result<StartedProcess, ProviderError> {
+        if let Some(cwd) = &spec.cwd {
+            fs::check_directory(&self.workspace, cwd)?;
+        }
+        // Spawn under the lock `kill` takes, so no process can start after kill collected them.
+        let mut processes = self.processes.lock().expect("lock poisoned");
+        if self.killed.load(Ordering::SeqCst) {
+            return Err(ProviderError::FailedPrecondition(
+                "sandbox was killed".into(),
+            ));
+        }
+        let (started, tracked) = process::spawn(self.command(&spec), spec.stdin)?;
+        // Drop bookkeeping for processes that are gone, so the list stays bounded by live ones.
+        processes.retain(|p| !*p.done.borrow());
+        processes.push(tracked);
+        Ok(started)
+    }
+
+    async fn write_file(&self, path: &WorkspacePath, content: Bytes) -> Result<(), ProviderError> {
+        let (workspace, path) = (self.workspace.clone(), path.clone());
+        tokio::task::spawn_blocking(move || fs::write_file(&workspace, &path, &content))
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?
+    }
+
+    async fn read_file(
+        &self,
+        path: &WorkspacePath,
+        max_bytes: u64,
+    ) -> Result<Bytes, ProviderError> {
+        let (workspace, path) = (self.workspace.clone(), path.clone());
+        tokio::task::spawn_blocking(move || fs::read_file(&workspace, &path, max_bytes))
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?
+    }
+
+    async fn kill(&self) -> Result<(), ProviderError> {
+        let waits: Vec<_> = {
+            let processes = self.processes.lock().expect("lock poisoned");
+            self.killed.store(true, Ordering::SeqCst);
+            processes
+                .iter()
+                .map(|p| {
+                    process::signal_group(p.pgid, libc::SIGKILL);
+                    p.done.clone()
+                })
+                .collect()
+        };
+        for mut done in waits {
+            if tokio::time::timeout(KILL_WAIT, done.wait_for(|done| *done))
+                .await
+                .is_err()
+            {
+                return Err(ProviderError::Unavailable(
+                    "a killed process did not exit within 10s".into(),
+                ));
+            }
+        }
+        let workspace = self.workspace.clone();
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workspace))
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| ProviderError::Unavailable(format!("cannot remove workspace: {e}")))
+    }
+}

@@ -1,0 +1,209 @@
+//! One `local` process: spawning, reading its pipes, stdin and signals.
+//!
+//! Each process is the leader of its own process group, so a signal or a kill reaches
+//! everything it started; under bubblewrap its pid namespace also dies with it.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Mutex, mpsc, watch};
+
+use crate::provider::{
+    ProcessControl, ProcessSignal, ProviderError, ProviderEvent, StartedProcess,
+};
+
+/// Largest chunk read from a pipe at once. The buffer is allocated only once the pipe is
+/// readable, so idle processes hold no read buffer at all.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Chunks in flight between a process's pipes and the broker's pump. When full, the reader
+/// stops reading and the process blocks on its pipe: memory stays bounded.
+const EVENT_CHANNEL_CAPACITY: usize = 8;
+
+/// A process the sandbox tracks so that `kill` can end it and wait for it.
+pub struct TrackedProcess {
+    pub pgid: i32,
+    /// Turns true once the process was reaped and its pipes drained.
+    pub done: watch::Receiver<bool>,
+}
+
+/// Spawns `command` (already fully configured except stdio) as a new process group.
+pub fn spawn(
+    mut command: Command,
+    stdin: bool,
+) -> Result<(StartedProcess, TrackedProcess), ProviderError> {
+    command
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut child = command
+        .spawn()
+        .map_err(|e| ProviderError::Unavailable(format!("cannot start process: {e}")))?;
+    let pid = child.id().expect("a just-spawned child has a pid");
+    let to_pipe = |fd: std::io::Result<std::os::fd::OwnedFd>| {
+        fd.and_then(pipe::Receiver::from_owned_fd)
+            .map_err(|e| ProviderError::Unavailable(format!("cannot read process output: {e}")))
+    };
+    let stdout = to_pipe(child.stdout.take().expect("piped").into_owned_fd())?;
+    let stderr = to_pipe(child.stderr.take().expect("piped").into_owned_fd())?;
+    let stdin_pipe = child.stdin.take();
+
+    let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+    let (done_tx, done_rx) = watch::channel(false);
+    let control = Arc::new(LocalProcessControl {
+        pgid: pid as i32,
+        alive: Arc::new(AtomicBool::new(true)),
+        stdin: Mutex::new(stdin_pipe),
+    });
+    tokio::spawn(read_until_exit(
+        child,
+        stdout,
+        stderr,
+        events_tx,
+        control.alive.clone(),
+        done_tx,
+    ));
+    let started = StartedProcess {
+        pid,
+        events: events_rx,
+        control,
+    };
+    Ok((
+        started,
+        TrackedProcess {
+            pgid: pid as i32,
+            done: done_rx,
+        },
+    ))
+}
+
+/// Sends `signal` to every process in the group `pgid`. A gone group is not an error.
+pub fn signal_group(pgid: i32, signal: i32) {
+    // SAFETY: plain syscall; a negative pid addresses the process group.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+enum Chunk {
+    Data(Bytes),
+    Eof,
+    NotReady,
+}
+
+fn read_chunk(pipe: &pipe::Receiver) -> Chunk {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    match pipe.try_read_buf(&mut buf) {
+        Ok(0) => Chunk::Eof,
+        Ok(_) => Chunk::Data(buf.freeze()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Chunk::NotReady,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Chunk::NotReady,
+        Err(_) => Chunk::Eof,
+    }
+}
+
+async fn read_until_exit(
+    mut child: Child,
+    stdout: pipe::Receiver,
+    stderr: pipe::Receiver,
+    events: mpsc::Sender<ProviderEvent>,
+    alive: Arc<AtomicBool>,
+    done: watch::Sender<bool>,
+) {
+    let pgid = child.id().expect("not yet reaped") as i32;
+    let (mut stdout_open, mut stderr_open) = (true, true);
+    let mut status = None;
+    // Events are sent even when the broker's pump is gone: the send error just means nobody
+    // wants them, and the loop still runs to the end so the child is reaped.
+    while stdout_open || stderr_open {
+        tokio::select! {
+            ready = stdout.readable(), if stdout_open => {
+                match ready.map(|()| read_chunk(&stdout)).unwrap_or(Chunk::Eof) {
+                    Chunk::Data(data) => { let _ = events.send(ProviderEvent::Stdout(data)).await; }
+                    Chunk::Eof => stdout_open = false,
+                    Chunk::NotReady => {}
+                }
+            }
+            ready = stderr.readable(), if stderr_open => {
+                match ready.map(|()| read_chunk(&stderr)).unwrap_or(Chunk::Eof) {
+                    Chunk::Data(data) => { let _ = events.send(ProviderEvent::Stderr(data)).await; }
+                    Chunk::Eof => stderr_open = false,
+                    Chunk::NotReady => {}
+                }
+            }
+            exited = child.wait(), if status.is_none() => {
+                status = Some(exited);
+                // Whatever the main process left behind (only possible without a pid
+                // namespace) must not keep the pipes, or this process, alive.
+                alive.store(false, Ordering::SeqCst);
+                signal_group(pgid, libc::SIGKILL);
+            }
+        }
+    }
+    let status = match status {
+        Some(status) => status,
+        None => child.wait().await,
+    };
+    alive.store(false, Ordering::SeqCst);
+    let (exit_code, signal) = match status {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            match (status.code(), status.signal()) {
+                (Some(code), _) => (code, 0),
+                (None, Some(signal)) => (-1, signal),
+                (None, None) => (-1, 0),
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "waiting for a local process failed");
+            (-1, 0)
+        }
+    };
+    let _ = events
+        .send(ProviderEvent::Exited { exit_code, signal })
+        .await;
+    let _ = done.send(true);
+}
+
+struct LocalProcessControl {
+    pgid: i32,
+    alive: Arc<AtomicBool>,
+    stdin: Mutex<Option<ChildStdin>>,
+}
+
+#[async_trait]
+impl ProcessControl for LocalProcessControl {
+    async fn write_stdin(&self, data: Bytes) -> Result<(), ProviderError> {
+        let mut stdin = self.stdin.lock().await;
+        let Some(pipe) = stdin.as_mut() else {
+            return Err(ProviderError::FailedPrecondition(
+                "stdin is closed (start the process with stdin = true to write to it)".into(),
+            ));
+        };
+        pipe.write_all(&data).await.map_err(|e| {
+            ProviderError::FailedPrecondition(format!("process no longer reads stdin: {e}"))
+        })
+    }
+
+    async fn close_stdin(&self) -> Result<(), ProviderError> {
+        self.stdin.lock().await.take();
+        Ok(())
+    }
+
+    async fn signal(&self, signal: ProcessSignal) -> Result<(), ProviderError> {
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err(ProviderError::FailedPrecondition(
+                "process has already exited".into(),
+            ));
+        }
+        signal_group(self.pgid, signal.as_raw());
+        Ok(())
+    }
+}

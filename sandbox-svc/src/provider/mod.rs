@@ -1,0 +1,139 @@
+//! Sandbox providers: where sandboxes actually run.
+//!
+//! The broker owns ids, limits, timeouts, spools and redaction; a provider only creates an
+//! isolated environment, runs processes in it and hands back their raw output. That split lets
+//! `local` (bubblewrap), E2B and later Docker or Kubernetes fit without touching the broker.
+
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::template::Template;
+use crate::workspace_path::WorkspacePath;
+
+/// Everything a provider needs to create one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub sandbox_id: String,
+    pub template: Template,
+    /// Template env overlaid with the request's env: every process gets it.
+    pub env: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One process to start in a sandbox. `argv` is non-empty and validated by the broker.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub argv: Vec<String>,
+    /// Working directory inside the workspace; `None` = the workspace root.
+    pub cwd: Option<WorkspacePath>,
+    /// On top of the sandbox env.
+    pub env: BTreeMap<String, String>,
+    /// Keep stdin open for [`ProcessControl::write_stdin`]; otherwise it reads as empty.
+    pub stdin: bool,
+}
+
+/// Raw output of a process, in the order it was read. `Exited` is always last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderEvent {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    /// `exit_code` is -1 when a signal ended the process; `signal` is 0 when none did.
+    Exited {
+        exit_code: i32,
+        signal: i32,
+    },
+}
+
+/// Signals a client may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessSignal {
+    Term,
+    Kill,
+    Int,
+    Hup,
+}
+
+impl ProcessSignal {
+    pub fn as_raw(self) -> i32 {
+        match self {
+            ProcessSignal::Term => libc::SIGTERM,
+            ProcessSignal::Kill => libc::SIGKILL,
+            ProcessSignal::Int => libc::SIGINT,
+            ProcessSignal::Hup => libc::SIGHUP,
+        }
+    }
+}
+
+/// A process a provider started.
+pub struct StartedProcess {
+    /// The provider's pid for it (host pid for `local`).
+    pub pid: u32,
+    /// Bounded by the provider: when the broker falls behind the process waits, it never
+    /// buffers without limit. Ends after `Exited` (or without it if the provider lost the process).
+    pub events: mpsc::Receiver<ProviderEvent>,
+    pub control: Arc<dyn ProcessControl>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The request named something invalid for this sandbox (e.g. a cwd that does not exist).
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The provider could not do it now (spawn failed, upstream down).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Creates sandboxes. Implementations must be cheap to share.
+#[async_trait]
+pub trait SandboxProvider: Send + Sync + 'static {
+    /// Short name shown in `Sandbox.provider` ("local", "e2b").
+    fn name(&self) -> &'static str;
+
+    /// Creates an isolated environment for `spec`. The broker has already checked limits.
+    /// Dropping the future must not leak a half-created sandbox.
+    async fn create(&self, spec: SandboxSpec) -> Result<Arc<dyn ProviderSandbox>, ProviderError>;
+}
+
+/// One live sandbox.
+#[async_trait]
+pub trait ProviderSandbox: Send + Sync {
+    /// Starts a process. Its output must be read whether or not anyone listens.
+    async fn start_process(&self, spec: ProcessSpec) -> Result<StartedProcess, ProviderError>;
+
+    /// Writes `content` at `path`, creating parent directories. Must refuse a path that
+    /// resolves (through symlinks) outside the workspace.
+    async fn write_file(&self, path: &WorkspacePath, content: Bytes) -> Result<(), ProviderError>;
+
+    /// Reads the file at `path`; refuses files larger than `max_bytes` and paths resolving outside.
+    async fn read_file(&self, path: &WorkspacePath, max_bytes: u64)
+    -> Result<Bytes, ProviderError>;
+
+    /// Ends every process in the sandbox, whole process trees included, and releases the
+    /// sandbox's resources. Returns once no process of the sandbox is left. Idempotent.
+    async fn kill(&self) -> Result<(), ProviderError>;
+}
+
+/// Input and signals for one running process.
+#[async_trait]
+pub trait ProcessControl: Send + Sync {
+    async fn write_stdin(&self, data: Bytes) -> Result<(), ProviderError>;
+    async fn close_stdin(&self) -> Result<(), ProviderError>;
+    /// Delivers `signal` to the process and everything it started.
+    async fn signal(&self, signal: ProcessSignal) -> Result<(), ProviderError>;
+}

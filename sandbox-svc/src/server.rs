@@ -1,0 +1,189 @@
+//! Wiring: config → provider → broker → gRPC server, and the ordered shutdown.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use agentstudio_proto::sandbox::v1::sandbox_service_server::SandboxServiceServer;
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::broker::Broker;
+use crate::config::BrokerConfig;
+use crate::grpc::SandboxGrpc;
+use crate::grpc::auth::BearerAuth;
+use crate::provider::SandboxProvider;
+use crate::provider::local::LocalProvider;
+use crate::redact::Redactor;
+use crate::template::TemplateCatalog;
+
+/// Binds `config.listen_addr` and serves until `shutdown` resolves.
+pub async fn run(
+    config: BrokerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves on an already-bound listener (tests bind `127.0.0.1:0` first) until `shutdown`
+/// resolves; then: health NOT_SERVING, every sandbox killed, streams closed, server stopped,
+/// all within `config.shutdown_grace` each.
+pub async fn serve(
+    config: BrokerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let local_addr = listener.local_addr()?;
+    if !local_addr.ip().is_loopback() && config.auth_token.is_none() {
+        anyhow::bail!(crate::config::ConfigError::TokenRequired(local_addr));
+    }
+    let secrets = config.secrets();
+    let redactor =
+        Redactor::new(secrets.iter().map(|s| s.expose())).context("invalid secret to redact")?;
+    let templates = TemplateCatalog::load(&config.templates_dir)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let data_dir = config.data_dir.canonicalize()?;
+    let spool_dir = data_dir.join("spool");
+    let workspaces_dir = data_dir.join("workspaces");
+    // A previous broker's sandboxes died with it (local processes die with their parent):
+    // their leftovers are garbage.
+    remove_stale(&spool_dir)?;
+    remove_stale(&workspaces_dir)?;
+    let provider: Arc<dyn SandboxProvider> = match config.provider.as_str() {
+        "local" => {
+            let mut hidden = vec![data_dir.clone()];
+            hidden.extend(config.hide_paths.iter().cloned());
+            Arc::new(LocalProvider::new(
+                workspaces_dir,
+                &hidden,
+                config.unsafe_no_isolation,
+            )?)
+        }
+        other => anyhow::bail!("unknown SANDBOX_PROVIDER {other:?}; available providers: local"),
+    };
+    raise_open_file_limit();
+
+    let limits = config.limits.clone();
+    let broker = Broker::new(
+        limits.clone(),
+        templates,
+        provider.clone(),
+        redactor,
+        spool_dir,
+    );
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SandboxServiceServer<SandboxGrpc>>()
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+
+    let stream_shutdown = CancellationToken::new();
+    let sandbox_service =
+        SandboxServiceServer::new(SandboxGrpc::new(broker.clone(), stream_shutdown.clone()))
+            .max_decoding_message_size(limits.max_message_bytes);
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(agentstudio_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    // Python's grpcio-reflection speaks only v1alpha.
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let auth = BearerAuth::new(config.auth_token.as_ref());
+
+    let server_stop = CancellationToken::new();
+    let server = Server::builder()
+        .trace_fn(crate::telemetry::grpc_request_span)
+        // Dead peers are noticed within ~40 s instead of holding streams forever.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(InterceptedService::new(sandbox_service, auth.clone()))
+        .add_service(InterceptedService::new(reflection_v1, auth.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, auth))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            server_stop.clone().cancelled_owned(),
+        );
+    let mut server = tokio::spawn(server);
+    tracing::info!(address = %local_addr, provider = provider.name(), data_dir = %data_dir.display(), "sandbox broker listening");
+
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut server => {
+            return result.context("server task panicked")?.context("gRPC server failed");
+        }
+    }
+    tracing::info!("shutting down: health NOT_SERVING, ending sandboxes");
+    health
+        .set_not_serving::<SandboxServiceServer<SandboxGrpc>>()
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let grace = config.shutdown_grace;
+    if tokio::time::timeout(grace, broker.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?grace, "sandboxes did not all end within the grace period");
+    }
+    stream_shutdown.cancel();
+    server_stop.cancel();
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(result) => result
+            .context("server task panicked")?
+            .context("gRPC server failed")?,
+        Err(_) => tracing::warn!(
+            ?grace,
+            "in-flight requests did not finish within the grace period"
+        ),
+    }
+    tracing::info!("sandbox broker stopped");
+    Ok(())
+}
+
+fn remove_stale(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot clear stale {}", dir.display())),
+    }
+}
+
+/// Each process holds pipes and spool files: lift the soft descriptor limit to the hard one.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

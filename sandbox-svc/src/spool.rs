@@ -1,0 +1,558 @@
+//! The per-process output spool: every event a process produced, numbered 1, 2, 3 …, on disk.
+//!
+//! One writer (the process's pump) appends; any number of readers replay from any seq and then
+//! follow live. Readers and the writer share nothing but the files and a `watch` of the head, so a
+//! slow or absent reader never slows the process, and memory stays flat whatever the output rate:
+//! the data lives in the page cache, not in the broker's heap.
+//!
+//! Layout: `<dir>/<n>.seg`, each a run of records `[seq u64][kind u8][pad 3][len u32][payload]`
+//! (little endian). Segments roll at `segment_bytes`; when the total passes the limit the oldest
+//! segment is deleted (a reader holding it open finishes it first) and readers that ask for
+//! what is gone get a `Truncated` event first.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, IoSlice, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
+
+const HEADER_LEN: usize = 16;
+/// Most bytes one `SpoolReader::read_available` call pulls from disk (one record may exceed it).
+/// Bounds the memory a reader holds per batch.
+const READ_BATCH_BYTES: u64 = 256 << 10;
+
+/// What a process did, as stored and as replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventBody {
+    Started {
+        pid: u32,
+    },
+    Stdout(Bytes),
+    Stderr(Bytes),
+    Exited {
+        exit_code: i32,
+        signal: i32,
+    },
+    /// Synthesized for a reader: events before `first_available_seq` are gone. Never stored.
+    Truncated {
+        first_available_seq: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpooledEvent {
+    pub seq: u64,
+    pub body: EventBody,
+}
+
+/// What readers wait on: the newest seq written and whether more can come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpoolHead {
+    pub last_seq: u64,
+    pub finished: bool,
+}
+
+struct Segment {
+    file: File,
+    path: PathBuf,
+    first_seq: u64,
+    /// Bytes of complete records; readers never read past it.
+    len: AtomicU64,
+    /// No more records will be appended (a newer segment exists).
+    sealed: AtomicBool,
+}
+
+struct SpoolState {
+    segments: VecDeque<Arc<Segment>>,
+    total_bytes: u64,
+    next_seq: u64,
+    next_segment_number: u64,
+}
+
+/// One process's spool. Cheap to share (`Arc`).
+pub struct Spool {
+    dir: PathBuf,
+    limit_bytes: u64,
+    segment_bytes: u64,
+    state: Mutex<SpoolState>,
+    head: watch::Sender<SpoolHead>,
+}
+
+impl Spool {
+    /// Creates `dir` and an empty spool holding at most about `limit_bytes` of records.
+    pub fn create(dir: PathBuf, limit_bytes: u64) -> io::Result<Arc<Spool>> {
+        std::fs::create_dir_all(&dir)?;
+        // Eight segments: eviction drops at most an eighth of the history at a time.
+        let segment_bytes = (limit_bytes / 8).clamp(16 << 10, 8 << 20);
+        Ok(Arc::new(Spool {
+            dir,
+            limit_bytes,
+            segment_bytes,
+            state: Mutex::new(SpoolState {
+                segments: VecDeque::new(),
+                total_bytes: 0,
+                next_seq: 1,
+                next_segment_number: 0,
+            }),
+            head: watch::Sender::new(SpoolHead::default()),
+        }))
+    }
+
+    pub fn head(&self) -> SpoolHead {
+        *self.head.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<SpoolHead> {
+        self.head.subscribe()
+    }
+
+    /// Appends one event and wakes readers. `Truncated` is not storable.
+    /// Returns the seq it was given.
+    pub fn append(&self, body: &EventBody) -> io::Result<u64> {
+        let (kind, payload): (u8, Bytes) = match body {
+            EventBody::Started { pid } => (1, Bytes::copy_from_slice(&pid.to_le_bytes())),
+            EventBody::Stdout(data) => (2, data.clone()),
+            EventBody::Stderr(data) => (3, data.clone()),
+            EventBody::Exited { exit_code, signal } => {
+                let mut b = [0u8; 8];
+                b[..4].copy_from_slice(&exit_code.to_le_bytes());
+                b[4..].copy_from_slice(&signal.to_le_bytes());
+                (4, Bytes::copy_from_slice(&b))
+            }
+            EventBody::Truncated { .. } => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "truncated events are not stored",
+                ));
+            }
+        };
+        let record_len = (HEADER_LEN + payload.len()) as u64;
+        let mut state = self.state.lock().expect("spool lock poisoned");
+        if self.head.borrow().finished {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "spool is finished",
+            ));
+        }
+        let seq = state.next_seq;
+        let needs_new_segment = match state.segments.back() {
+            None => true,
+            Some(segment) => segment.len.load(Ordering::Relaxed) + record_len > self.segment_bytes,
+        };
+        if needs_new_segment {
+            self.open_segment(&mut state, seq)?;
+        }
+        let segment = state
+            .segments
+            .back()
+            .expect("a segment was just ensured")
+            .clone();
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(&seq.to_le_bytes());
+        header[8] = kind;
+        header[12..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        write_all_vectored(
+            &segment.file,
+            &mut [IoSlice::new(&header), IoSlice::new(&payload)],
+        )?;
+        segment.len.fetch_add(record_len, Ordering::Release);
+        state.total_bytes += record_len;
+        state.next_seq = seq + 1;
+        self.evict_oldest(&mut state);
+        drop(state);
+        self.head.send_modify(|head| head.last_seq = seq);
+        Ok(seq)
+    }
+
+    /// Marks the spool complete: readers that reach the end stop instead of waiting.
+    pub fn finish(&self) {
+        let _state = self.state.lock().expect("spool lock poisoned");
+        self.head.send_modify(|head| head.finished = true);
+    }
+
+    /// Deletes the spool's files. Open readers keep what they hold open.
+    pub fn remove(&self) {
+        let mut state = self.state.lock().expect("spool lock poisoned");
+        state.segments.clear();
+        state.total_bytes = 0;
+        drop(state);
+        if let Err(error) = std::fs::remove_dir_all(&self.dir)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.dir.display(), %error, "could not remove spool directory");
+        }
+    }
+
+    /// A reader positioned after `after_seq`.
+    pub fn reader(self: &Arc<Self>, after_seq: u64) -> SpoolReader {
+        SpoolReader {
+            spool: self.clone(),
+            next_seq: after_seq + 1,
+            current: None,
+        }
+    }
+
+    fn open_segment(&self, state: &mut SpoolState, first_seq: u64) -> io::Result<()> {
+        let path = self
+            .dir
+            .join(format!("{:06}.seg", state.next_segment_number));
+        let file = File::options()
+            .create_new(true)
+            .append(true)
+            .read(true)
+            .open(&path)?;
+        if let Some(previous) = state.segments.back() {
+            previous.sealed.store(true, Ordering::Release);
+        }
+        state.next_segment_number += 1;
+        state.segments.push_back(Arc::new(Segment {
+            file,
+            path,
+            first_seq,
+            len: AtomicU64::new(0),
+            sealed: AtomicBool::new(false),
+        }));
+        Ok(())
+    }
+
+    fn evict_oldest(&self, state: &mut SpoolState) {
+        while state.total_bytes > self.limit_bytes && state.segments.len() > 1 {
+            let oldest = state.segments.pop_front().expect("len checked");
+            state.total_bytes -= oldest.len.load(Ordering::Relaxed);
+            if let Err(error) = std::fs::remove_file(&oldest.path) {
+                tracing::warn!(path = %oldest.path.display(), %error, "could not delete spool segment");
+            }
+        }
+    }
+
+    /// The segment holding `seq`, or the seq of the first event still held when `seq` is gone.
+    fn locate(&self, seq: u64) -> Locate {
+        let state = self.state.lock().expect("spool lock poisoned");
+        let Some(first) = state.segments.front() else {
+            return Locate::NotYetWritten;
+        };
+        if seq < first.first_seq {
+            return Locate::Evicted {
+                first_available_seq: first.first_seq,
+            };
+        }
+        match state
+            .segments
+            .iter()
+            .rev()
+            .find(|segment| segment.first_seq <= seq)
+        {
+            Some(segment) => Locate::Found(segment.clone()),
+            None => Locate::NotYetWritten,
+        }
+    }
+}
+
+enum Locate {
+    Found(Arc<Segment>),
+    Evicted { first_available_seq: u64 },
+    NotYetWritten,
+}
+
+fn write_all_vectored(mut file: &File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        let written = file.write_vectored(slices)?;
+        if written == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "spool write returned zero",
+            ));
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
+}
+
+/// Reads a spool in seq order from a starting point. Holds no buffer between calls.
+pub struct SpoolReader {
+    spool: Arc<Spool>,
+    next_seq: u64,
+    /// The segment being read and the byte offset of the next record in it.
+    current: Option<(Arc<Segment>, u64)>,
+}
+
+impl SpoolReader {
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends to `out` every event available now (up to about [`READ_BATCH_BYTES`]).
+    /// Leaves `out` unchanged when the reader is caught up.
+    pub fn read_available(&mut self, out: &mut Vec<SpooledEvent>) -> io::Result<()> {
+        loop {
+            let (segment, offset) = match self.current.take() {
+                Some(current) => current,
+                None => match self.spool.locate(self.next_seq) {
+                    Locate::Found(segment) => (segment, 0),
+                    Locate::NotYetWritten => return Ok(()),
+                    Locate::Evicted {
+                        first_available_seq,
+                    } => {
+                        out.push(SpooledEvent {
+                            seq: first_available_seq - 1,
+                            body: EventBody::Truncated {
+                                first_available_seq,
+                            },
+                        });
+                        self.next_seq = first_available_seq;
+                        continue;
+                    }
+                },
+            };
+            // Read `sealed` before `len`: a sealed segment's len is final.
+            let sealed = segment.sealed.load(Ordering::Acquire);
+            let available = segment.len.load(Ordering::Acquire);
+            if offset < available {
+                let before = out.len();
+                let consumed = self.read_records(&segment, offset, available, out)?;
+                self.current = Some((segment, offset + consumed));
+                if out.len() > before {
+                    return Ok(());
+                }
+                // Only records before `next_seq` so far (an attach far into a segment): keep going.
+                continue;
+            }
+            if !sealed {
+                self.current = Some((segment, offset));
+                return Ok(());
+            }
+            // Done with this segment: the next lookup finds the one holding `next_seq`.
+        }
+    }
+
+    fn read_records(
+        &mut self,
+        segment: &Segment,
+        offset: u64,
+        available: u64,
+        out: &mut Vec<SpooledEvent>,
+    ) -> io::Result<u64> {
+        let mut want = (available - offset).min(READ_BATCH_BYTES);
+        let mut header = [0u8; HEADER_LEN];
+        segment.file.read_exact_at(&mut header, offset)?;
+        let first_record =
+            HEADER_LEN as u64 + u32::from_le_bytes(header[12..16].try_into().unwrap()) as u64;
+        want = want.max(first_record);
+        let mut buf = BytesMut::zeroed(want as usize);
+        segment.file.read_exact_at(&mut buf, offset)?;
+        let buf = buf.freeze();
+        let mut pos = 0usize;
+        while pos + HEADER_LEN <= buf.len() {
+            let seq = u64::from_le_bytes(buf[pos..pos + 8].try_into().unwrap());
+            let kind = buf[pos + 8];
+            let len = u32::from_le_bytes(buf[pos + 12..pos + 16].try_into().unwrap()) as usize;
+            let end = pos + HEADER_LEN + len;
+            if end > buf.len() {
+                break;
+            }
+            let payload = buf.slice(pos + HEADER_LEN..end);
+            pos = end;
+            if seq < self.next_seq {
+                continue;
+            }
+            let body = decode(kind, payload)?;
+            out.push(SpooledEvent { seq, body });
+            self.next_seq = seq + 1;
+        }
+        Ok(pos as u64)
+    }
+}
+
+fn decode(kind: u8, payload: Bytes) -> io::Result<EventBody> {
+    let corrupt = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("corrupt spool record of kind {kind}"),
+        )
+    };
+    let int_at = |at: usize| -> io::Result<[u8; 4]> {
+        payload
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(corrupt)
+    };
+    Ok(match kind {
+        1 => EventBody::Started {
+            pid: u32::from_le_bytes(int_at(0)?),
+        },
+        2 => EventBody::Stdout(payload),
+        3 => EventBody::Stderr(payload),
+        4 => EventBody::Exited {
+            exit_code: i32::from_le_bytes(int_at(0)?),
+            signal: i32::from_le_bytes(int_at(4)?),
+        },
+        _ => return Err(corrupt()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stdout(text: &str) -> EventBody {
+        EventBody::Stdout(Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    fn read_all(reader: &mut SpoolReader) -> Vec<SpooledEvent> {
+        let mut out = Vec::new();
+        loop {
+            let before = out.len();
+            reader.read_available(&mut out).unwrap();
+            if out.len() == before {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn replays_from_any_seq_without_gaps_or_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path().join("p"), 1 << 20).unwrap();
+        spool.append(&EventBody::Started { pid: 42 }).unwrap();
+        for i in 0..1000 {
+            spool.append(&stdout(&format!("line {i}\n"))).unwrap();
+        }
+        spool
+            .append(&EventBody::Exited {
+                exit_code: 3,
+                signal: 0,
+            })
+            .unwrap();
+        spool.finish();
+        for after in [0, 1, 500, 1001, 1002] {
+            let events = read_all(&mut spool.reader(after));
+            let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+            assert_eq!(
+                seqs,
+                ((after + 1)..=1002).collect::<Vec<_>>(),
+                "after {after}"
+            );
+        }
+        let events = read_all(&mut spool.reader(0));
+        assert_eq!(events[0].body, EventBody::Started { pid: 42 });
+        assert_eq!(events[501].body, stdout("line 500\n"));
+        assert_eq!(
+            events[1001].body,
+            EventBody::Exited {
+                exit_code: 3,
+                signal: 0
+            }
+        );
+        assert!(spool.head().finished);
+    }
+
+    #[test]
+    fn a_reader_follows_appends_made_after_it_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path().join("p"), 64 << 10).unwrap();
+        let mut reader = spool.reader(0);
+        assert!(read_all(&mut reader).is_empty());
+        let mut seen = Vec::new();
+        // Small limit: this crosses many segment rolls and evictions while the reader keeps up.
+        for i in 0..5000 {
+            spool.append(&stdout(&format!("{i:>40}\n"))).unwrap();
+            if i % 7 == 0 {
+                seen.extend(read_all(&mut reader));
+            }
+        }
+        seen.extend(read_all(&mut reader));
+        assert_eq!(seen.len(), 5000);
+        assert!(seen.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1));
+        assert!(spool.state.lock().unwrap().segments.len() > 1);
+    }
+
+    #[test]
+    fn evicted_history_is_reported_as_truncated_then_replayed_from_the_first_kept_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path().join("p"), 64 << 10).unwrap();
+        for i in 0..10_000 {
+            spool.append(&stdout(&format!("{i:>60}\n"))).unwrap();
+        }
+        let state = spool.state.lock().unwrap();
+        assert!(
+            state.total_bytes <= 64 << 10,
+            "spool holds {} bytes",
+            state.total_bytes
+        );
+        let on_disk: u64 = std::fs::read_dir(&spool.dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert_eq!(
+            on_disk, state.total_bytes,
+            "evicted segments are deleted from disk"
+        );
+        drop(state);
+        let events = read_all(&mut spool.reader(5));
+        let EventBody::Truncated {
+            first_available_seq,
+        } = events[0].body
+        else {
+            panic!("first event {:?}", events[0]);
+        };
+        assert!(first_available_seq > 6);
+        assert_eq!(events[0].seq, first_available_seq - 1);
+        assert_eq!(events[1].seq, first_available_seq);
+        assert_eq!(events.last().unwrap().seq, 10_000);
+        assert_eq!(events.len() as u64, 10_000 - first_available_seq + 2);
+    }
+
+    #[test]
+    fn a_lagging_reader_finishes_its_open_segment_even_after_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path().join("p"), 64 << 10).unwrap();
+        spool.append(&stdout("first\n")).unwrap();
+        let mut reader = spool.reader(0);
+        let mut out = Vec::new();
+        reader.read_available(&mut out).unwrap();
+        for _ in 0..10_000 {
+            spool.append(&stdout(&"x".repeat(60))).unwrap();
+        }
+        let rest = read_all(&mut reader);
+        // Everything in the segment it had open, then a reported gap, then the kept tail.
+        let gap = rest
+            .iter()
+            .position(|e| matches!(e.body, EventBody::Truncated { .. }))
+            .expect("a gap");
+        assert!(rest[..gap].windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        assert_eq!(rest.last().unwrap().seq, 10_001);
+    }
+
+    #[test]
+    fn an_attach_deep_into_a_segment_skips_to_its_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path().join("p"), 64 << 20).unwrap();
+        for i in 0..20_000 {
+            spool.append(&stdout(&format!("{i:>60}\n"))).unwrap();
+        }
+        let mut out = Vec::new();
+        spool.reader(19_990).read_available(&mut out).unwrap();
+        assert_eq!(out.first().map(|e| e.seq), Some(19_991));
+    }
+
+    #[test]
+    fn a_large_record_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path().join("p"), 64 << 20).unwrap();
+        let big = "y".repeat(READ_BATCH_BYTES as usize * 2);
+        spool.append(&stdout(&big)).unwrap();
+        let events = read_all(&mut spool.reader(0));
+        assert_eq!(
+            events,
+            vec![SpooledEvent {
+                seq: 1,
+                body: stdout(&big)
+            }]
+        );
+    }
+}

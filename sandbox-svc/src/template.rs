@@ -1,0 +1,207 @@
+//! Template manifests (`templates/<name>/template.toml`): what a sandbox of each kind gets.
+//!
+//! The broker reads the templates directory at start; when it is absent (the binary runs outside
+//! the repository) it falls back to copies compiled in, so `studio up` works from anywhere.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How a worker's task is run inside a sandbox of this template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// The Claude Code CLI, non-interactive, stream-json output.
+    Claude,
+    /// The task is a shell script run with bash.
+    Shell,
+}
+
+/// One parsed and validated `template.toml`.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub name: String,
+    pub description: String,
+    pub runtime: Runtime,
+    pub default_timeout: Duration,
+    pub network: bool,
+    pub smoke_test: String,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    name: String,
+    #[serde(default)]
+    description: String,
+    runtime: Runtime,
+    default_timeout: String,
+    #[serde(default)]
+    network: bool,
+    smoke_test: String,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid template manifest {origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("no templates found in {0}")]
+    Empty(PathBuf),
+}
+
+/// Copies of the repository's manifests, used when no templates directory is present.
+const BUILTIN: &[(&str, &str)] = &[
+    (
+        "worker",
+        include_str!("../../templates/worker/template.toml"),
+    ),
+    (
+        "infrastructure",
+        include_str!("../../templates/infrastructure/template.toml"),
+    ),
+];
+
+/// All known templates, by name.
+#[derive(Debug, Clone)]
+pub struct TemplateCatalog {
+    templates: BTreeMap<String, Template>,
+}
+
+impl TemplateCatalog {
+    /// Loads every `<dir>/*/template.toml`, or the built-in copies when `dir` does not exist.
+    pub fn load(dir: &Path) -> Result<TemplateCatalog, TemplateError> {
+        if !dir.is_dir() {
+            return TemplateCatalog::builtin();
+        }
+        let entries = std::fs::read_dir(dir).map_err(|source| TemplateError::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut templates = BTreeMap::new();
+        for entry in entries.flatten() {
+            let manifest_path = entry.path().join("template.toml");
+            if !manifest_path.is_file() {
+                continue;
+            }
+            let text =
+                std::fs::read_to_string(&manifest_path).map_err(|source| TemplateError::Read {
+                    path: manifest_path.clone(),
+                    source,
+                })?;
+            let dir_name = entry.file_name().to_string_lossy().into_owned();
+            let template = parse(&text, &manifest_path.display().to_string(), Some(&dir_name))?;
+            templates.insert(template.name.clone(), template);
+        }
+        if templates.is_empty() {
+            return Err(TemplateError::Empty(dir.to_owned()));
+        }
+        Ok(TemplateCatalog { templates })
+    }
+
+    pub fn builtin() -> Result<TemplateCatalog, TemplateError> {
+        let mut templates = BTreeMap::new();
+        for (name, text) in BUILTIN {
+            let template = parse(text, &format!("built-in {name}"), Some(name))?;
+            templates.insert(template.name.clone(), template);
+        }
+        Ok(TemplateCatalog { templates })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Template> {
+        self.templates.get(name)
+    }
+
+    /// Names, sorted, for "unknown template" errors.
+    pub fn names(&self) -> Vec<&str> {
+        self.templates.keys().map(String::as_str).collect()
+    }
+}
+
+fn parse(text: &str, origin: &str, expected_name: Option<&str>) -> Result<Template, TemplateError> {
+    let invalid = |message: String| TemplateError::Invalid {
+        origin: origin.to_owned(),
+        message,
+    };
+    let manifest: Manifest = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    if let Some(expected) = expected_name
+        && manifest.name != expected
+    {
+        return Err(invalid(format!(
+            "name {:?} must equal its directory name {expected:?}",
+            manifest.name
+        )));
+    }
+    let default_timeout = humantime::parse_duration(&manifest.default_timeout).map_err(|e| {
+        invalid(format!(
+            "default_timeout {:?}: {e}",
+            manifest.default_timeout
+        ))
+    })?;
+    if default_timeout.is_zero() {
+        return Err(invalid("default_timeout must be positive".into()));
+    }
+    for key in manifest.env.keys() {
+        crate::broker::validate_env_key(key).map_err(|e| invalid(format!("env: {e}")))?;
+    }
+    Ok(Template {
+        name: manifest.name,
+        description: manifest.description,
+        runtime: manifest.runtime,
+        default_timeout,
+        network: manifest.network,
+        smoke_test: manifest.smoke_test,
+        env: manifest.env,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_templates_parse_and_match_the_repository() {
+        let builtin = TemplateCatalog::builtin().unwrap();
+        assert_eq!(builtin.names(), ["infrastructure", "worker"]);
+        let from_dir = TemplateCatalog::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../templates"
+        )))
+        .unwrap();
+        assert_eq!(from_dir.names(), builtin.names());
+        assert!(
+            !builtin.get("infrastructure").unwrap().network,
+            "infrastructure sandboxes have no network"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_rejected_with_the_reason() {
+        let base = "name = \"x\"\nruntime = \"shell\"\nsmoke_test = \"true\"\n";
+        let err = parse(&format!("{base}default_timeout = \"soon\""), "t", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("default_timeout"), "{err}");
+        let err = parse(
+            &format!("{base}default_timeout = \"1m\"\nnetwrok = true"),
+            "t",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("netwrok"), "{err}");
+        let err = parse(&format!("{base}default_timeout = \"1m\""), "t", Some("y"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("directory name"), "{err}");
+    }
+}
