@@ -1,0 +1,53 @@
+//! Connecting to the broker with the bearer token on every call.
+
+use agentstudio_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient;
+use anyhow::Context;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use super::BrokerClientArgs;
+
+pub type AuthInterceptor = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send + Sync>;
+pub type BrokerClient = SandboxServiceClient<InterceptedService<Channel, AuthInterceptor>>;
+
+/// Largest message the CLI accepts (ReadFile of a big file).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+pub async fn connect(args: &BrokerClientArgs) -> anyhow::Result<BrokerClient> {
+    let endpoint = Endpoint::from_shared(args.url.clone())
+        .with_context(|| format!("invalid broker URL {:?}", args.url))?;
+    let channel = endpoint
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the broker at {} (is `studio up` running?)",
+                args.url
+            )
+        })?;
+    let header = match &args.token {
+        Some(token) => Some(
+            format!("Bearer {}", token.expose())
+                .parse::<tonic::metadata::AsciiMetadataValue>()
+                .context("token is not valid metadata")?,
+        ),
+        None => None,
+    };
+    let interceptor: AuthInterceptor = Box::new(move |mut request: Request<()>| {
+        if let Some(header) = &header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
+        }
+        Ok(request)
+    });
+    Ok(SandboxServiceClient::with_interceptor(channel, interceptor)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// `Status` as a one-line error: code and message.
+pub fn describe(status: Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}

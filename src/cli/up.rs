@@ -1,0 +1,27 @@
+//! `studio up`: the whole system in one process, on its embedded defaults.
+
+use sandbox_svc::BrokerConfig;
+use sandbox_svc::telemetry::{self, LogFormat};
+use tokio::net::TcpListener;
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Log format on stderr.
+    #[arg(long, env = "STUDIO_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(flatten)]
+    broker: BrokerConfig,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init("sandbox-broker", args.log_format)?;
+    args.broker.validate()?;
+    let listener = TcpListener::bind(args.broker.listen_addr).await?;
+    let address = listener.local_addr()?;
+    println!(
+        "sandbox broker: grpc://{address} (provider {}; Ctrl-C to stop)",
+        args.broker.provider
+    );
+    println!("try: studio sandbox create   then   studio exec <sandbox> -- echo hello");
+    sandbox_svc::serve(args.broker, listener, sandbox_svc::shutdown_signal()).await
+}
