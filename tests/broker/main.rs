@@ -1,0 +1,12 @@
+//! End-to-end tests of the sandbox broker over gRPC, served in-process with the `local`
+//! (bubblewrap) provider. One binary for all of them: linking is the slow part on 2 cores.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod files;
+mod lifecycle;
+mod limits;
+mod processes;
+mod security;
+mod validation;
