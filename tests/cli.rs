@@ -1,0 +1,252 @@
+//! The `studio` binary as a user runs it: `up`, the sandbox commands, `exec`, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "cli-test-token-0123456789";
+
+fn studio() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_studio"));
+    command
+        .env("SANDBOX_AUTH_TOKEN", TOKEN)
+        .env_remove("RUST_LOG");
+    command
+}
+
+struct Up {
+    child: Child,
+    url: String,
+    _data: tempfile::TempDir,
+    log: std::path::PathBuf,
+}
+
+/// `studio up` on an ephemeral port, JSON logs to a file; returns once it printed its address.
+fn up() -> Up {
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("up.log");
+    let mut child = studio()
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--shutdown-grace",
+            "5s",
+        ])
+        .arg("--data-dir")
+        .arg(data.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    let address = first_line
+        .split("grpc://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| {
+            panic!(
+                "no address in {first_line:?}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    Up {
+        child,
+        url: format!("http://{address}"),
+        _data: data,
+        log,
+    }
+}
+
+fn run(up: &Up, args: &[&str]) -> std::process::Output {
+    studio()
+        .env("STUDIO_BROKER_URL", &up.url)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn up_exec_and_sigterm_as_a_user_would() {
+    let mut up = up();
+    let created = run(&up, &["sandbox", "create", "--metadata", "who=cli"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let sandbox_id = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert!(sandbox_id.starts_with("sbx-"), "{sandbox_id}");
+
+    let exec = run(
+        &up,
+        &[
+            "exec",
+            &sandbox_id,
+            "--",
+            "sh",
+            "-c",
+            "echo hello; echo oops >&2; exit 3",
+        ],
+    );
+    assert_eq!(exec.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "hello\n");
+    assert_eq!(String::from_utf8_lossy(&exec.stderr), "oops\n");
+
+    let attach = run(&up, &["attach", &sandbox_id, "p1", "--after", "2"]);
+    assert_eq!(attach.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&attach.stdout),
+        "",
+        "seq 2 (stdout) is not replayed"
+    );
+
+    let listed = run(&up, &["sandbox", "ls", "--metadata", "who=cli"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&sandbox_id));
+    let bad = run(&up, &["sandbox", "create", "--template", "nope"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("known templates: infrastructure, worker")
+    );
+    let unauthenticated = studio()
+        .env("STUDIO_BROKER_URL", &up.url)
+        .env("SANDBOX_AUTH_TOKEN", "wrong-token-0123456789")
+        .args(["sandbox", "ls"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&unauthenticated.stderr).contains("Unauthenticated"));
+
+    // A long-running process, then SIGTERM: the broker kills it and exits cleanly.
+    let marker = format!("5000.{}", std::process::id());
+    let mut background = studio()
+        .env("STUDIO_BROKER_URL", &up.url)
+        .args(["exec", &sandbox_id, "--", "sleep", &marker])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !process_with(&marker) {
+        assert!(Instant::now() < deadline, "sleep never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(up.child.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut up.child, Duration::from_secs(15));
+    assert!(status.success(), "studio up exited with {status:?}");
+    assert!(
+        !process_with(&marker),
+        "the sandboxed process outlived the broker"
+    );
+    let _ = background.kill();
+    let _ = background.wait();
+    let log = std::fs::read_to_string(&up.log).unwrap();
+    assert!(
+        log.contains("NOT_SERVING") || log.contains("shutting down"),
+        "{log}"
+    );
+    assert!(log.contains("sandbox broker stopped"), "{log}");
+}
+
+#[test]
+fn traceparent_from_the_caller_reaches_the_logs() {
+    let mut up = up();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(up.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client =
+            agentstudio_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient::new(
+                channel,
+            );
+        let mut request =
+            tonic::Request::new(agentstudio_proto::sandbox::v1::ListSandboxesRequest::default());
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        request.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace_id}-00f067aa0ba902b7-01")
+                .parse()
+                .unwrap(),
+        );
+        let mut create =
+            tonic::Request::new(agentstudio_proto::sandbox::v1::CreateSandboxRequest {
+                template: "worker".into(),
+                ..Default::default()
+            });
+        create
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        create.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace_id}-00f067aa0ba902b7-01")
+                .parse()
+                .unwrap(),
+        );
+        client.list_sandboxes(request).await.unwrap();
+        client.create_sandbox(create).await.unwrap();
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(up.child.id() as i32, libc::SIGTERM) };
+    wait_exit(&mut up.child, Duration::from_secs(15));
+    let log = std::fs::read_to_string(&up.log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("sandbox created"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.starts_with('{'), "JSON logs: {line}");
+    assert!(line.contains(trace_id), "trace id not in {line}");
+    assert!(!log.contains(TOKEN), "the token leaked into logs");
+}
+
+#[test]
+fn without_bubblewrap_up_refuses_and_names_the_package() {
+    let data = tempfile::tempdir().unwrap();
+    let output = studio()
+        .env("PATH", data.path())
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("apt-get install -y bubblewrap"), "{stderr}");
+    assert!(stderr.contains("--unsafe-no-isolation"), "{stderr}");
+}
+
+fn process_with(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+            && !std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("studio"))
+    })
+}
