@@ -173,33 +173,42 @@ struct LocalSandbox {
 impl LocalSandbox {
     fn command(&self, spec: &ProcessSpec) -> Command {
         let env = process_env(&self.env, &spec.env);
-        match &self.isolation {
-            Isolation::Bubblewrap { program, layout } => {
-                let invocation = BwrapInvocation {
-                    layout,
-                    workspace: &self.workspace,
-                    cwd: spec.cwd.as_ref().map(WorkspacePath::as_path),
-                    network: self.network,
-                    env: &env,
-                    argv: &spec.argv,
-                };
-                let mut command = Command::new(program);
-                command.args(invocation.args()).env_clear();
-                command
-            }
-            Isolation::None => {
-                let mut command = Command::new(&spec.argv[0]);
-                let cwd = match &spec.cwd {
-                    Some(cwd) => self.workspace.join(cwd.as_path()),
-                    None => self.workspace.clone(),
-                };
-                command
-                    .args(&spec.argv[1..])
-                    .current_dir(cwd)
-                    .env_clear()
-                    .envs(&env);
-                command
-            }
+        Command::from(isolated_command(&self.isolation, &self.workspace, self.network, spec.cwd.as_ref(), &env, &spec.argv))
+    }
+}
+
+impl LocalProvider {
+    /// The exact command a process in a sandbox with this `workspace` runs as. Benchmarks
+    /// spawn it directly to measure what the broker adds on top.
+    pub fn command_for(&self, workspace: &Path, network: bool, argv: &[String]) -> std::process::Command {
+        let env = process_env(&BTreeMap::new(), &BTreeMap::new());
+        isolated_command(&self.isolation, workspace, network, None, &env, argv)
+    }
+}
+
+fn isolated_command(
+    isolation: &Isolation,
+    workspace: &Path,
+    network: bool,
+    cwd: Option<&WorkspacePath>,
+    env: &BTreeMap<String, String>,
+    argv: &[String],
+) -> std::process::Command {
+    match isolation {
+        Isolation::Bubblewrap { program, layout } => {
+            let invocation = BwrapInvocation { layout, workspace, cwd: cwd.map(WorkspacePath::as_path), network, env, argv };
+            let mut command = std::process::Command::new(program);
+            command.args(invocation.args()).env_clear();
+            command
+        }
+        Isolation::None => {
+            let mut command = std::process::Command::new(&argv[0]);
+            let dir = match cwd {
+                Some(cwd) => workspace.join(cwd.as_path()),
+                None => workspace.to_owned(),
+            };
+            command.args(&argv[1..]).current_dir(dir).env_clear().envs(env);
+            command
         }
     }
 }
