@@ -79,10 +79,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn throughput() {
     const BYTES: u64 = 1 << 30;
     let script = format!("head -c {BYTES} /dev/zero");
-    let broker = start_broker(&[]);
+    // A spool larger than the output: the client reads every byte even when it lags.
+    let broker = start_broker(&[("SANDBOX_SPOOL_BYTES", &(2 * BYTES).to_string())]);
     let mut client = connect(&broker.url).await;
     let sandbox_id = create(&mut client).await;
-    for round in 1..=2 {
+    for round in 1..=3 {
         let baseline = {
             let begin = Instant::now();
             let mut child = Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
@@ -127,7 +128,8 @@ async fn latency() {
     const ROUNDS: usize = 60;
     let broker = start_broker(&[("SANDBOX_MAX_SANDBOXES", "1000")]);
     let mut client = connect(&broker.url).await;
-    let provider = sandbox_svc::provider::local::LocalProvider::new(broker.data.path().join("direct"), &[], false).unwrap();
+    let provider =
+        sandbox_svc::provider::local::LocalProvider::new(broker.data.path().join("direct"), &[], false).unwrap();
     let workspace = broker.data.path().join("direct-ws");
     std::fs::create_dir_all(&workspace).unwrap();
     let argv = vec!["echo".to_owned(), "hi".to_owned()];
@@ -142,7 +144,8 @@ async fn latency() {
 
         let begin = Instant::now();
         let sandbox_id = create(&mut client).await;
-        let request = pb::StartProcessRequest { sandbox_id: sandbox_id.clone(), argv: argv.clone(), ..Default::default() };
+        let request =
+            pb::StartProcessRequest { sandbox_id: sandbox_id.clone(), argv: argv.clone(), ..Default::default() };
         let mut stream = client.start_process(request).await.unwrap().into_inner();
         while let Some(event) = stream.message().await.unwrap() {
             if matches!(event.event, Some(Event::Stdout(_))) {

@@ -18,13 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .open_files(PROTOS)?
         .file_descriptor_set();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("agentstudio_descriptor.bin"),
-        file_descriptors.encode_to_vec(),
-    )?;
+    std::fs::write(out_dir.join("agentstudio_descriptor.bin"), file_descriptors.encode_to_vec())?;
     // `bytes` fields as `Bytes`: process output moves from spool to socket without copies.
-    tonic_prost_build::configure()
-        .bytes(".")
-        .compile_fds(file_descriptors)?;
+    tonic_prost_build::configure().bytes(".").compile_fds(file_descriptors)?;
     Ok(())
 }

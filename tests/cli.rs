@@ -8,9 +8,7 @@ const TOKEN: &str = "cli-test-token-0123456789";
 
 fn studio() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_studio"));
-    command
-        .env("SANDBOX_AUTH_TOKEN", TOKEN)
-        .env_remove("RUST_LOG");
+    command.env("SANDBOX_AUTH_TOKEN", TOKEN).env_remove("RUST_LOG");
     command
 }
 
@@ -26,15 +24,7 @@ fn up() -> Up {
     let data = tempfile::tempdir().unwrap();
     let log = data.path().join("up.log");
     let mut child = studio()
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--shutdown-grace",
-            "5s",
-        ])
+        .args(["up", "--listen", "127.0.0.1:0", "--log-format", "json", "--shutdown-grace", "5s"])
         .arg("--data-dir")
         .arg(data.path().join("data"))
         .stdout(Stdio::piped())
@@ -42,33 +32,16 @@ fn up() -> Up {
         .spawn()
         .unwrap();
     let mut first_line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first_line)
-        .unwrap();
-    let address = first_line
-        .split("grpc://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| {
-            panic!(
-                "no address in {first_line:?}: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
+    let address =
+        first_line.split("grpc://").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_else(|| {
+            panic!("no address in {first_line:?}: {}", std::fs::read_to_string(&log).unwrap_or_default())
         });
-    Up {
-        child,
-        url: format!("http://{address}"),
-        _data: data,
-        log,
-    }
+    Up { child, url: format!("http://{address}"), _data: data, log }
 }
 
 fn run(up: &Up, args: &[&str]) -> std::process::Output {
-    studio()
-        .env("STUDIO_BROKER_URL", &up.url)
-        .args(args)
-        .output()
-        .unwrap()
+    studio().env("STUDIO_BROKER_URL", &up.url).args(args).output().unwrap()
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
@@ -77,10 +50,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit within {within:?}"
-        );
+        assert!(Instant::now() < deadline, "process did not exit within {within:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -89,44 +59,24 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 fn up_exec_and_sigterm_as_a_user_would() {
     let mut up = up();
     let created = run(&up, &["sandbox", "create", "--metadata", "who=cli"]);
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let sandbox_id = String::from_utf8(created.stdout).unwrap().trim().to_owned();
     assert!(sandbox_id.starts_with("sbx-"), "{sandbox_id}");
 
-    let exec = run(
-        &up,
-        &[
-            "exec",
-            &sandbox_id,
-            "--",
-            "sh",
-            "-c",
-            "echo hello; echo oops >&2; exit 3",
-        ],
-    );
+    let exec = run(&up, &["exec", &sandbox_id, "--", "sh", "-c", "echo hello; echo oops >&2; exit 3"]);
     assert_eq!(exec.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "hello\n");
     assert_eq!(String::from_utf8_lossy(&exec.stderr), "oops\n");
 
     let attach = run(&up, &["attach", &sandbox_id, "p1", "--after", "2"]);
     assert_eq!(attach.status.code(), Some(3));
-    assert_eq!(
-        String::from_utf8_lossy(&attach.stdout),
-        "",
-        "seq 2 (stdout) is not replayed"
-    );
+    assert_eq!(String::from_utf8_lossy(&attach.stdout), "", "seq 2 (stdout) is not replayed");
 
     let listed = run(&up, &["sandbox", "ls", "--metadata", "who=cli"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&sandbox_id));
     let bad = run(&up, &["sandbox", "create", "--template", "nope"]);
     assert!(!bad.status.success());
-    assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("known templates: infrastructure, worker")
-    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("known templates: infrastructure, worker"));
     let unauthenticated = studio()
         .env("STUDIO_BROKER_URL", &up.url)
         .env("SANDBOX_AUTH_TOKEN", "wrong-token-0123456789")
@@ -153,17 +103,11 @@ fn up_exec_and_sigterm_as_a_user_would() {
     unsafe { libc::kill(up.child.id() as i32, libc::SIGTERM) };
     let status = wait_exit(&mut up.child, Duration::from_secs(15));
     assert!(status.success(), "studio up exited with {status:?}");
-    assert!(
-        !process_with(&marker),
-        "the sandboxed process outlived the broker"
-    );
+    assert!(!process_with(&marker), "the sandboxed process outlived the broker");
     let _ = background.kill();
     let _ = background.wait();
     let log = std::fs::read_to_string(&up.log).unwrap();
-    assert!(
-        log.contains("NOT_SERVING") || log.contains("shutting down"),
-        "{log}"
-    );
+    assert!(log.contains("NOT_SERVING") || log.contains("shutting down"), "{log}");
     assert!(log.contains("sandbox broker stopped"), "{log}");
 }
 
@@ -171,45 +115,19 @@ fn up_exec_and_sigterm_as_a_user_would() {
 fn traceparent_from_the_caller_reaches_the_logs() {
     let mut up = up();
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let channel = tonic::transport::Channel::from_shared(up.url.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client =
-            agentstudio_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient::new(
-                channel,
-            );
-        let mut request =
-            tonic::Request::new(agentstudio_proto::sandbox::v1::ListSandboxesRequest::default());
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-        request.metadata_mut().insert(
-            "traceparent",
-            format!("00-{trace_id}-00f067aa0ba902b7-01")
-                .parse()
-                .unwrap(),
-        );
-        let mut create =
-            tonic::Request::new(agentstudio_proto::sandbox::v1::CreateSandboxRequest {
-                template: "worker".into(),
-                ..Default::default()
-            });
-        create
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-        create.metadata_mut().insert(
-            "traceparent",
-            format!("00-{trace_id}-00f067aa0ba902b7-01")
-                .parse()
-                .unwrap(),
-        );
+        let channel = tonic::transport::Channel::from_shared(up.url.clone()).unwrap().connect().await.unwrap();
+        let mut client = agentstudio_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient::new(channel);
+        let mut request = tonic::Request::new(agentstudio_proto::sandbox::v1::ListSandboxesRequest::default());
+        request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        request.metadata_mut().insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap());
+        let mut create = tonic::Request::new(agentstudio_proto::sandbox::v1::CreateSandboxRequest {
+            template: "worker".into(),
+            ..Default::default()
+        });
+        create.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        create.metadata_mut().insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap());
         client.list_sandboxes(request).await.unwrap();
         client.create_sandbox(create).await.unwrap();
     });
@@ -217,10 +135,7 @@ fn traceparent_from_the_caller_reaches_the_logs() {
     unsafe { libc::kill(up.child.id() as i32, libc::SIGTERM) };
     wait_exit(&mut up.child, Duration::from_secs(15));
     let log = std::fs::read_to_string(&up.log).unwrap();
-    let line = log
-        .lines()
-        .find(|l| l.contains("sandbox created"))
-        .unwrap_or_else(|| panic!("{log}"));
+    let line = log.lines().find(|l| l.contains("sandbox created")).unwrap_or_else(|| panic!("{log}"));
     assert!(line.starts_with('{'), "JSON logs: {line}");
     assert!(line.contains(trace_id), "trace id not in {line}");
     assert!(!log.contains(TOKEN), "the token leaked into logs");
@@ -244,9 +159,80 @@ fn without_bubblewrap_up_refuses_and_names_the_package() {
 
 fn process_with(marker: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-        std::fs::read(entry.path().join("cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
             && !std::fs::read(entry.path().join("cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains("studio"))
     })
+}
+
+/// A one-endpoint OTLP/HTTP collector: records each request's path and body, answers 200.
+fn fake_collector() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut length = 0usize;
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).unwrap();
+                if header.trim().is_empty() {
+                    break;
+                }
+                if let Some(value) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; length];
+            std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+            let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_owned();
+            let _ = tx.send((path, body));
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn spans_are_exported_over_otlp_with_the_callers_trace_id() {
+    let (collector, received) = fake_collector();
+    let data = tempfile::tempdir().unwrap();
+    let mut child = studio()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
+    let address = first_line.split("grpc://").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+        let mut client = agentstudio_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient::new(channel);
+        let mut request = tonic::Request::new(agentstudio_proto::sandbox::v1::ListSandboxesRequest::default());
+        request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        request.metadata_mut().insert("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01").parse().unwrap());
+        client.list_sandboxes(request).await.unwrap();
+    });
+    // SAFETY: signalling our own child; shutdown flushes the exporter.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    let (path, body) = received.recv_timeout(Duration::from_secs(10)).expect("an OTLP export");
+    assert_eq!(path, "/v1/traces");
+    let raw_trace_id: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap()).collect();
+    assert!(body.windows(16).any(|w| w == raw_trace_id.as_slice()), "trace id not in the exported spans");
+    assert!(body.windows(b"ListSandboxes".len()).any(|w| w == b"ListSandboxes"), "span name exported");
 }

@@ -10,5 +10,4 @@ pub mod sandbox {
 }
 
 /// Encoded `FileDescriptorSet` of every contract, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/agentstudio_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agentstudio_descriptor.bin"));

@@ -15,11 +15,7 @@ use crate::secret::SecretString;
 #[derive(Debug, Clone, Args)]
 pub struct BrokerConfig {
     /// gRPC listen address. A non-loopback address requires `--auth-token`.
-    #[arg(
-        long = "listen",
-        env = "SANDBOX_LISTEN_ADDR",
-        default_value = "127.0.0.1:50052"
-    )]
+    #[arg(long = "listen", env = "SANDBOX_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
     pub listen_addr: SocketAddr,
 
     /// Bearer token every RPC except health must carry. Required off loopback.
@@ -39,29 +35,15 @@ pub struct BrokerConfig {
     pub provider: String,
 
     /// Run `local` sandboxes WITHOUT isolation when bubblewrap is missing. Never in production.
-    #[arg(
-        long,
-        env = "SANDBOX_LOCAL_UNSAFE_NO_ISOLATION",
-        default_value_t = false
-    )]
+    #[arg(long, env = "SANDBOX_LOCAL_UNSAFE_NO_ISOLATION", default_value_t = false)]
     pub unsafe_no_isolation: bool,
 
     /// Host paths hidden (empty tmpfs) inside `local` sandboxes, on top of the data dir, which is always hidden.
-    #[arg(
-        long,
-        env = "SANDBOX_LOCAL_HIDE_PATHS",
-        value_delimiter = ',',
-        default_value = "/root,/home"
-    )]
+    #[arg(long, env = "SANDBOX_LOCAL_HIDE_PATHS", value_delimiter = ',', default_value = "/root,/home")]
     pub hide_paths: Vec<PathBuf>,
 
     /// Extra secrets to mask in every output byte and error, comma separated (E2B and GitHub keys are added automatically).
-    #[arg(
-        long,
-        env = "SANDBOX_REDACT_SECRETS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
+    #[arg(long, env = "SANDBOX_REDACT_SECRETS", value_delimiter = ',', hide_env_values = true)]
     pub redact_secrets: Vec<SecretString>,
 
     /// E2B API key (used by the `e2b` provider; masked everywhere).
@@ -122,15 +104,11 @@ pub struct Limits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error(
-        "refusing to listen on non-loopback address {0} without an auth token: set SANDBOX_AUTH_TOKEN"
-    )]
+    #[error("refusing to listen on non-loopback address {0} without an auth token: set SANDBOX_AUTH_TOKEN")]
     TokenRequired(SocketAddr),
     #[error("SANDBOX_MAX_MESSAGE_BYTES ({message}) must exceed SANDBOX_MAX_FILE_BYTES ({file})")]
     MessageSmallerThanFile { message: usize, file: u64 },
-    #[error(
-        "SANDBOX_MIN_TIMEOUT ({min:?}) must be at least 1s and not above SANDBOX_MAX_TIMEOUT ({max:?})"
-    )]
+    #[error("SANDBOX_MIN_TIMEOUT ({min:?}) must be at least 1s and not above SANDBOX_MAX_TIMEOUT ({max:?})")]
     TimeoutRange { min: Duration, max: Duration },
     #[error("{name} must be at least {min}")]
     TooSmall { name: &'static str, min: u64 },
@@ -144,38 +122,22 @@ impl BrokerConfig {
         if !self.listen_addr.ip().is_loopback() && self.auth_token.is_none() {
             return Err(ConfigError::TokenRequired(self.listen_addr));
         }
-        if self
-            .auth_token
-            .as_ref()
-            .is_some_and(|t| t.expose().len() < 16)
-        {
+        if self.auth_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
             return Err(ConfigError::WeakToken);
         }
         let l = &self.limits;
         if l.max_message_bytes as u64 <= l.max_file_bytes {
-            return Err(ConfigError::MessageSmallerThanFile {
-                message: l.max_message_bytes,
-                file: l.max_file_bytes,
-            });
+            return Err(ConfigError::MessageSmallerThanFile { message: l.max_message_bytes, file: l.max_file_bytes });
         }
         if l.min_timeout < Duration::from_secs(1) || l.min_timeout > l.max_timeout {
-            return Err(ConfigError::TimeoutRange {
-                min: l.min_timeout,
-                max: l.max_timeout,
-            });
+            return Err(ConfigError::TimeoutRange { min: l.min_timeout, max: l.max_timeout });
         }
         if l.spool_bytes < 64 << 10 {
-            return Err(ConfigError::TooSmall {
-                name: "SANDBOX_SPOOL_BYTES",
-                min: 64 << 10,
-            });
+            return Err(ConfigError::TooSmall { name: "SANDBOX_SPOOL_BYTES", min: 64 << 10 });
         }
         for (name, value) in [
             ("SANDBOX_MAX_SANDBOXES", l.max_sandboxes),
-            (
-                "SANDBOX_MAX_PROCESSES_PER_SANDBOX",
-                l.max_processes_per_sandbox,
-            ),
+            ("SANDBOX_MAX_PROCESSES_PER_SANDBOX", l.max_processes_per_sandbox),
             ("SANDBOX_MAX_STREAMS", l.max_streams),
         ] {
             if value == 0 {

@@ -70,14 +70,8 @@ struct Inner {
 
 impl fmt::Debug for Redactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (secrets, variants) = self
-            .inner
-            .as_ref()
-            .map_or((0, 0), |i| (i.secrets, i.variants.len()));
-        f.debug_struct("Redactor")
-            .field("secrets", &secrets)
-            .field("variants", &variants)
-            .finish()
+        let (secrets, variants) = self.inner.as_ref().map_or((0, 0), |i| (i.secrets, i.variants.len()));
+        f.debug_struct("Redactor").field("secrets", &secrets).field("variants", &variants).finish()
     }
 }
 
@@ -123,16 +117,8 @@ impl Redactor {
             starts[usize::from(v[0])] = true;
         }
         let max_len = variants.iter().map(|v| v.len()).max().unwrap_or(0);
-        let inner = Inner {
-            ac,
-            variants,
-            starts,
-            max_len,
-            secrets: distinct.len(),
-        };
-        Ok(Redactor {
-            inner: Some(Arc::new(inner)),
-        })
+        let inner = Inner { ac, variants, starts, max_len, secrets: distinct.len() };
+        Ok(Redactor { inner: Some(Arc::new(inner)) })
     }
 
     /// A redactor that masks nothing.
@@ -150,11 +136,7 @@ impl Redactor {
     /// Masks a complete buffer. Borrows the input when nothing needed masking.
     #[must_use]
     pub fn redact_bytes<'a>(&self, input: &'a [u8]) -> Cow<'a, [u8]> {
-        match self
-            .inner
-            .as_deref()
-            .and_then(|i| i.mask(input, 0, input.len()).0)
-        {
+        match self.inner.as_deref().and_then(|i| i.mask(input, 0, input.len()).0) {
             Some(masked) => Cow::Owned(masked),
             None => Cow::Borrowed(input),
         }
@@ -166,21 +148,16 @@ impl Redactor {
         match self.redact_bytes(input.as_bytes()) {
             Cow::Borrowed(_) => Cow::Borrowed(input),
             // A secret given as arbitrary bytes may end inside a UTF-8 sequence of the text.
-            Cow::Owned(v) => Cow::Owned(
-                String::from_utf8(v)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-            ),
+            Cow::Owned(v) => {
+                Cow::Owned(String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+            }
         }
     }
 
     /// A masker for one output stream (e.g. a process's stdout). Call `finish` at end of stream.
     #[must_use]
     pub fn stream(&self) -> StreamRedactor {
-        StreamRedactor {
-            redactor: self.clone(),
-            pending: BytesMut::new(),
-            covered: 0,
-        }
+        StreamRedactor { redactor: self.clone(), pending: BytesMut::new(), covered: 0 }
     }
 }
 
@@ -249,9 +226,7 @@ impl Inner {
     /// the only bytes that more input could still turn into a hit.
     fn hold_from(&self, buf: &[u8]) -> usize {
         let lo = buf.len().saturating_sub(self.max_len - 1);
-        (lo..buf.len())
-            .find(|&p| self.starts[usize::from(buf[p])] && self.extends(&buf[p..]))
-            .unwrap_or(buf.len())
+        (lo..buf.len()).find(|&p| self.starts[usize::from(buf[p])] && self.extends(&buf[p..])).unwrap_or(buf.len())
     }
 
     /// Whether some variant starts with `tail` and is longer. Such variants sort directly after every
@@ -266,12 +241,7 @@ impl Inner {
     ///
     /// Leftmost-longest alone would skip hits starting inside an earlier hit, leaking the tail of e.g. a
     /// second, overlapping secret; so after each hit the search resumes one byte past its start.
-    fn for_each_run(
-        &self,
-        buf: &[u8],
-        covered: usize,
-        mut f: impl FnMut(usize, usize) -> ControlFlow<()>,
-    ) {
+    fn for_each_run(&self, buf: &[u8], covered: usize, mut f: impl FnMut(usize, usize) -> ControlFlow<()>) {
         let mut run = (covered > 0).then_some((0, covered));
         let mut from = 0;
         loop {
@@ -340,9 +310,7 @@ pub struct StreamRedactor {
 impl fmt::Debug for StreamRedactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The held bytes may be most of a secret; never print them.
-        f.debug_struct("StreamRedactor")
-            .field("held", &self.pending.len())
-            .finish_non_exhaustive()
+        f.debug_struct("StreamRedactor").field("held", &self.pending.len()).finish_non_exhaustive()
     }
 }
 
@@ -370,6 +338,22 @@ impl StreamRedactor {
         self.covered = covered;
         let head = self.pending.split_to(hold).freeze();
         masked.map_or(head, Bytes::from)
+    }
+
+    /// Like [`StreamRedactor::push`], but returns a slice of `chunk` itself — no copy — in the
+    /// common case where nothing is held from before and nothing in it matches.
+    pub fn push_bytes(&mut self, chunk: Bytes) -> Bytes {
+        let Some(inner) = self.redactor.inner.as_deref() else {
+            return chunk;
+        };
+        if !self.pending.is_empty() {
+            return self.push(&chunk);
+        }
+        let hold = inner.hold_from(&chunk);
+        let (masked, covered) = inner.mask(&chunk, 0, hold);
+        self.covered = covered;
+        self.pending.extend_from_slice(&chunk[hold..]);
+        masked.map_or_else(|| chunk.slice(..hold), Bytes::from)
     }
 
     /// End of stream: emit whatever is held (a partial prefix of a secret is not a secret).
@@ -415,24 +399,16 @@ mod tests {
 
     fn assert_clean(r: &Redactor, out: &[u8]) {
         for v in variants(r) {
-            assert!(
-                !out.windows(v.len()).any(|w| w == &*v),
-                "variant {:?} leaked",
-                String::from_utf8_lossy(&v)
-            );
+            assert!(!out.windows(v.len()).any(|w| w == &*v), "variant {:?} leaked", String::from_utf8_lossy(&v));
         }
     }
 
     /// Deterministic pseudo-random bytes (no rand crate in the project).
     fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..len)
             .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 (x >> 33) as u8
             })
             .collect()
@@ -471,15 +447,28 @@ mod tests {
         let mut out = Vec::new();
         for c in chunks {
             out.extend_from_slice(&s.push(c));
-            assert!(
-                s.held() < max.max(1),
-                "held {} >= longest variant {max}",
-                s.held()
-            );
+            assert!(s.held() < max.max(1), "held {} >= longest variant {max}", s.held());
         }
         out.extend_from_slice(&s.finish());
         assert_eq!(s.held(), 0);
         out
+    }
+
+    #[test]
+    fn push_bytes_matches_push_at_every_split() {
+        let redactor = Redactor::new([GHP]).unwrap();
+        let text = format!("before {GHP} middle {GHP} after\n");
+        for split in 0..text.len() {
+            let (mut a, mut b) = (redactor.stream(), redactor.stream());
+            let mut by_slice = a.push(&text.as_bytes()[..split]).to_vec();
+            by_slice.extend_from_slice(&a.push(&text.as_bytes()[split..]));
+            by_slice.extend_from_slice(&a.finish());
+            let mut by_bytes = b.push_bytes(Bytes::copy_from_slice(&text.as_bytes()[..split])).to_vec();
+            by_bytes.extend_from_slice(&b.push_bytes(Bytes::copy_from_slice(&text.as_bytes()[split..])));
+            by_bytes.extend_from_slice(&b.finish());
+            assert_eq!(by_slice, by_bytes, "split at {split}");
+            assert!(!String::from_utf8_lossy(&by_bytes).contains(GHP));
+        }
     }
 
     #[test]
@@ -501,22 +490,15 @@ mod tests {
                 assert_eq!(r.redact_str(&url), "GET /cb?code=[redacted]&x=1", "{url}");
             }
         }
-        assert!(
-            pct(ODD, b"0123456789abcdef").contains("%2f"),
-            "lower-case form must differ from upper"
-        );
+        assert!(pct(ODD, b"0123456789abcdef").contains("%2f"), "lower-case form must differ from upper");
     }
 
     #[test]
     fn base64_forms_at_every_offset_are_masked() {
         use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
         let r = redactor();
-        let engines = [
-            ("std", STANDARD),
-            ("url", URL_SAFE),
-            ("std-nopad", STANDARD_NO_PAD),
-            ("url-nopad", URL_SAFE_NO_PAD),
-        ];
+        let engines =
+            [("std", STANDARD), ("url", URL_SAFE), ("std-nopad", STANDARD_NO_PAD), ("url-nopad", URL_SAFE_NO_PAD)];
         for (i, s) in [GHP, ANT, E2B, ODD].into_iter().enumerate() {
             for pre in 0..6 {
                 for post in 0..4 {
@@ -547,12 +529,7 @@ mod tests {
     fn json_escaped_forms_are_masked() {
         let r = redactor();
         let esc = json(ODD);
-        assert!(
-            esc.contains("\\\"")
-                && esc.contains("\\\\")
-                && esc.contains("\\t")
-                && esc.contains('/')
-        );
+        assert!(esc.contains("\\\"") && esc.contains("\\\\") && esc.contains("\\t") && esc.contains('/'));
         let body = format!("{{\"password\":\"{esc}\",\"n\":1}}");
         assert_eq!(r.redact_str(&body), "{\"password\":\"[redacted]\",\"n\":1}");
         let body = body.replace('/', "\\/");
@@ -560,10 +537,7 @@ mod tests {
         // A control byte below 0x20 other than the short escapes goes to \u00XX, lower-case.
         let bell = "bell\x07-and-\x1f-secret";
         let r = Redactor::new([bell]).unwrap();
-        assert_eq!(
-            r.redact_str(&format!("\"{}\"", json(bell))),
-            "\"[redacted]\""
-        );
+        assert_eq!(r.redact_str(&format!("\"{}\"", json(bell))), "\"[redacted]\"");
     }
 
     fn canary_text() -> Vec<u8> {
@@ -583,12 +557,7 @@ mod tests {
         let r = redactor();
         let text = canary_text();
         let once = r.redact_bytes(&text).into_owned();
-        assert_eq!(
-            once.windows(REDACTED.len())
-                .filter(|w| *w == REDACTED.as_bytes())
-                .count(),
-            6
-        );
+        assert_eq!(once.windows(REDACTED.len()).filter(|w| *w == REDACTED.as_bytes()).count(), 6);
         assert_clean(&r, &once);
         for i in 0..=text.len() {
             let (a, b) = text.split_at(i);
@@ -636,19 +605,13 @@ mod tests {
         let mut only = Redactor::new([GHP]).unwrap().stream();
         assert_eq!(&only.push(format!("x{GHP}").as_bytes())[..], b"x[redacted]");
         assert_eq!(only.held(), 0);
-        assert_eq!(
-            &s.push(format!("token={}", &GHP[..10]).as_bytes())[..],
-            b"token="
-        );
+        assert_eq!(&s.push(format!("token={}", &GHP[..10]).as_bytes())[..], b"token=");
         assert_eq!(s.held(), 10);
         assert_eq!(&s.finish()[..], &GHP.as_bytes()[..10]);
         assert_eq!(s.held(), 0);
         // The held prefix completes into a secret on the next push.
         assert_eq!(&s.push(&GHP.as_bytes()[..20])[..], b"");
-        assert_eq!(
-            &s.push(format!("{}!\n", &GHP[20..]).as_bytes())[..],
-            b"[redacted]!\n"
-        );
+        assert_eq!(&s.push(format!("{}!\n", &GHP[20..]).as_bytes())[..], b"[redacted]!\n");
     }
 
     #[test]
@@ -677,31 +640,18 @@ mod tests {
         let r = Redactor::new(["AAAA1111BBBB", "BBBBCCCCDDDD"]).unwrap();
         assert_eq!(r.redact_str("AAAA1111BBBBCCCCDDDD"), "[redacted]");
         // Adjacent but not overlapping stays two markers.
-        assert_eq!(
-            r.redact_str("AAAA1111BBBBBBBBCCCCDDDD"),
-            "[redacted][redacted]"
-        );
+        assert_eq!(r.redact_str("AAAA1111BBBBBBBBCCCCDDDD"), "[redacted][redacted]");
     }
 
     /// Spec of the one-shot output, by brute force: every occurrence of every variant, runs of strictly
     /// overlapping occurrences merged, one marker per run.
     fn naive(variants: &[Box<[u8]>], text: &[u8]) -> Vec<u8> {
         let mut hits: Vec<(usize, usize)> = (0..text.len())
-            .flat_map(|p| {
-                variants
-                    .iter()
-                    .filter(move |v| text[p..].starts_with(v))
-                    .map(move |v| (p, p + v.len()))
-            })
+            .flat_map(|p| variants.iter().filter(move |v| text[p..].starts_with(v)).map(move |v| (p, p + v.len())))
             .collect();
         hits.sort();
         let (mut out, mut last, mut run) = (Vec::new(), 0, None::<(usize, usize)>);
-        for (s, e) in hits
-            .into_iter()
-            .map(Some)
-            .chain([None])
-            .map(|h| h.unwrap_or((usize::MAX, 0)))
-        {
+        for (s, e) in hits.into_iter().map(Some).chain([None]).map(|h| h.unwrap_or((usize::MAX, 0))) {
             match run {
                 Some((rs, re)) if s < re => run = Some((rs, re.max(e))),
                 _ => {
@@ -725,11 +675,7 @@ mod tests {
         for seed in 0..300u64 {
             // Few distinct tokens, so hits are dense and overlap often.
             let tokens: [&[u8]; 6] = [b"ab", b"ab", b"ab", b"12", b"a", b"b"];
-            let text: Vec<u8> = noise(seed, 100)
-                .iter()
-                .flat_map(|b| tokens[usize::from(b % 6)])
-                .copied()
-                .collect();
+            let text: Vec<u8> = noise(seed, 100).iter().flat_map(|b| tokens[usize::from(b % 6)]).copied().collect();
             let once = r.redact_bytes(&text).into_owned();
             assert_eq!(once, naive(&vs, &text), "seed {seed}");
             let chunks = text.chunks(usize::from(noise(seed, 1)[0] % 13) + 1);
@@ -754,16 +700,9 @@ mod tests {
     fn too_short_and_empty_secrets() {
         let err = Redactor::new([ANT, "", "hunter2"]).unwrap_err();
         assert!(matches!(err, RedactorError::TooShort { index: 2, len: 7 }));
-        assert_eq!(
-            err.to_string(),
-            "secret #2 is 7 bytes; secrets must be at least 8 bytes"
-        );
+        assert_eq!(err.to_string(), "secret #2 is 7 bytes; secrets must be at least 8 bytes");
         assert!(Redactor::new(["", ""]).unwrap().is_empty());
-        assert!(
-            !Redactor::new(["", "12345678", "12345678"])
-                .unwrap()
-                .is_empty()
-        );
+        assert!(!Redactor::new(["", "12345678", "12345678"]).unwrap().is_empty());
 
         let r = Redactor::empty();
         assert!(matches!(r.redact_bytes(b"abc"), Cow::Borrowed(_)));
@@ -777,10 +716,7 @@ mod tests {
     fn unaffected_input_is_borrowed() {
         let r = redactor();
         assert!(matches!(r.redact_str("no secrets here"), Cow::Borrowed(_)));
-        assert!(matches!(
-            r.redact_str(&format!("err: {GHP}")),
-            Cow::Owned(_)
-        ));
+        assert!(matches!(r.redact_str(&format!("err: {GHP}")), Cow::Owned(_)));
     }
 
     #[test]
@@ -789,10 +725,7 @@ mod tests {
         let mut s = r.stream();
         let _ = s.push(&GHP.as_bytes()[..30]);
         for dbg in [format!("{r:?}"), format!("{r:#?}"), format!("{s:?}")] {
-            assert!(
-                !dbg.contains(&GHP[..12]) && !dbg.contains(&E2B[..12]) && !dbg.contains("ss/w"),
-                "{dbg}"
-            );
+            assert!(!dbg.contains(&GHP[..12]) && !dbg.contains(&E2B[..12]) && !dbg.contains("ss/w"), "{dbg}");
         }
         assert!(format!("{r:?}").contains("secrets: 4"));
     }

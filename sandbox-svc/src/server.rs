@@ -7,10 +7,10 @@ use std::sync::Arc;
 use agentstudio_proto::sandbox::v1::sandbox_service_server::SandboxServiceServer;
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::broker::Broker;
@@ -23,10 +23,7 @@ use crate::redact::Redactor;
 use crate::template::TemplateCatalog;
 
 /// Binds `config.listen_addr` and serves until `shutdown` resolves.
-pub async fn run(
-    config: BrokerConfig,
-    shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+pub async fn run(config: BrokerConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     config.validate()?;
     let listener = TcpListener::bind(config.listen_addr)
         .await
@@ -48,8 +45,7 @@ pub async fn serve(
         anyhow::bail!(crate::config::ConfigError::TokenRequired(local_addr));
     }
     let secrets = config.secrets();
-    let redactor =
-        Redactor::new(secrets.iter().map(|s| s.expose())).context("invalid secret to redact")?;
+    let redactor = Redactor::new(secrets.iter().map(|s| s.expose())).context("invalid secret to redact")?;
     let templates = TemplateCatalog::load(&config.templates_dir)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
@@ -64,34 +60,21 @@ pub async fn serve(
         "local" => {
             let mut hidden = vec![data_dir.clone()];
             hidden.extend(config.hide_paths.iter().cloned());
-            Arc::new(LocalProvider::new(
-                workspaces_dir,
-                &hidden,
-                config.unsafe_no_isolation,
-            )?)
+            Arc::new(LocalProvider::new(workspaces_dir, &hidden, config.unsafe_no_isolation)?)
         }
         other => anyhow::bail!("unknown SANDBOX_PROVIDER {other:?}; available providers: local"),
     };
     raise_open_file_limit();
 
     let limits = config.limits.clone();
-    let broker = Broker::new(
-        limits.clone(),
-        templates,
-        provider.clone(),
-        redactor,
-        spool_dir,
-    );
+    let broker = Broker::new(limits.clone(), templates, provider.clone(), redactor, spool_dir);
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<SandboxServiceServer<SandboxGrpc>>()
-        .await;
+    health.set_serving::<SandboxServiceServer<SandboxGrpc>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
 
     let stream_shutdown = CancellationToken::new();
-    let sandbox_service =
-        SandboxServiceServer::new(SandboxGrpc::new(broker.clone(), stream_shutdown.clone()))
-            .max_decoding_message_size(limits.max_message_bytes);
+    let sandbox_service = SandboxServiceServer::new(SandboxGrpc::new(broker.clone(), stream_shutdown.clone()))
+        .max_decoding_message_size(limits.max_message_bytes);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(agentstudio_proto::FILE_DESCRIPTOR_SET)
@@ -113,7 +96,8 @@ pub async fn serve(
         .add_service(InterceptedService::new(reflection_v1, auth.clone()))
         .add_service(InterceptedService::new(reflection_v1alpha, auth))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // No Nagle: small events (a prompt, one line) go out at once, not after a delayed ACK.
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
             server_stop.clone().cancelled_owned(),
         );
     let mut server = tokio::spawn(server);
@@ -126,29 +110,17 @@ pub async fn serve(
         }
     }
     tracing::info!("shutting down: health NOT_SERVING, ending sandboxes");
-    health
-        .set_not_serving::<SandboxServiceServer<SandboxGrpc>>()
-        .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    health.set_not_serving::<SandboxServiceServer<SandboxGrpc>>().await;
+    health.set_service_status("", ServingStatus::NotServing).await;
     let grace = config.shutdown_grace;
-    if tokio::time::timeout(grace, broker.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, broker.shutdown()).await.is_err() {
         tracing::warn!(?grace, "sandboxes did not all end within the grace period");
     }
     stream_shutdown.cancel();
     server_stop.cancel();
     match tokio::time::timeout(grace, &mut server).await {
-        Ok(result) => result
-            .context("server task panicked")?
-            .context("gRPC server failed")?,
-        Err(_) => tracing::warn!(
-            ?grace,
-            "in-flight requests did not finish within the grace period"
-        ),
+        Ok(result) => result.context("server task panicked")?.context("gRPC server failed")?,
+        Err(_) => tracing::warn!(?grace, "in-flight requests did not finish within the grace period"),
     }
     tracing::info!("sandbox broker stopped");
     Ok(())
@@ -164,14 +136,10 @@ fn remove_stale(dir: &Path) -> anyhow::Result<()> {
 
 /// Each process holds pipes and spool files: lift the soft descriptor limit to the hard one.
 fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: plain syscalls on a valid struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }

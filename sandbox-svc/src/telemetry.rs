@@ -37,43 +37,25 @@ pub fn init(service_name: &str, format: LogFormat) -> anyhow::Result<TelemetryGu
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let otlp_enabled = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
-        && std::env::var("OTEL_SDK_DISABLED")
-            .map(|v| v != "true")
-            .unwrap_or(true);
+        && std::env::var("OTEL_SDK_DISABLED").map(|v| v != "true").unwrap_or(true);
     let provider = if otlp_enabled {
         // http/protobuf over blocking reqwest, exported from the batch processor's own thread:
         // it works whatever the async runtime is doing.
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
         let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service_name.to_owned());
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(name)
-            .build();
-        Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(resource)
-                .build(),
-        )
+        let resource = opentelemetry_sdk::Resource::builder().with_service_name(name).build();
+        Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
     } else {
         None
     };
-    let otel_layer = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name.to_owned()))
-    });
+    let otel_layer = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name.to_owned())));
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     match format {
-        LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init()?,
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()?,
         LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_writer(std::io::stderr),
-            )
+            .with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr))
             .try_init()?,
     }
     Ok(TelemetryGuard { provider })
@@ -94,15 +76,9 @@ impl Extractor for HeaderExtractor<'_> {
 /// The span for one incoming gRPC request, child of the caller's `traceparent` if any.
 /// Request metadata is not recorded: it carries tokens.
 pub fn grpc_request_span(request: &http::Request<()>) -> tracing::Span {
-    let parent = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&HeaderExtractor(request.headers()))
-    });
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
     let remote = parent.span().span_context().clone();
-    let trace_id = if remote.is_valid() {
-        remote.trace_id().to_string()
-    } else {
-        String::new()
-    };
+    let trace_id = if remote.is_valid() { remote.trace_id().to_string() } else { String::new() };
     let span = tracing::info_span!(
         "grpc",
         otel.name = %request.uri().path().trim_start_matches('/'),

@@ -49,10 +49,7 @@ struct Manifest {
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid template manifest {origin}: {message}")]
     Invalid { origin: String, message: String },
     #[error("no templates found in {0}")]
@@ -61,14 +58,8 @@ pub enum TemplateError {
 
 /// Copies of the repository's manifests, used when no templates directory is present.
 const BUILTIN: &[(&str, &str)] = &[
-    (
-        "worker",
-        include_str!("../../templates/worker/template.toml"),
-    ),
-    (
-        "infrastructure",
-        include_str!("../../templates/infrastructure/template.toml"),
-    ),
+    ("worker", include_str!("../../templates/worker/template.toml")),
+    ("infrastructure", include_str!("../../templates/infrastructure/template.toml")),
 ];
 
 /// All known templates, by name.
@@ -83,21 +74,15 @@ impl TemplateCatalog {
         if !dir.is_dir() {
             return TemplateCatalog::builtin();
         }
-        let entries = std::fs::read_dir(dir).map_err(|source| TemplateError::Read {
-            path: dir.to_owned(),
-            source,
-        })?;
+        let entries = std::fs::read_dir(dir).map_err(|source| TemplateError::Read { path: dir.to_owned(), source })?;
         let mut templates = BTreeMap::new();
         for entry in entries.flatten() {
             let manifest_path = entry.path().join("template.toml");
             if !manifest_path.is_file() {
                 continue;
             }
-            let text =
-                std::fs::read_to_string(&manifest_path).map_err(|source| TemplateError::Read {
-                    path: manifest_path.clone(),
-                    source,
-                })?;
+            let text = std::fs::read_to_string(&manifest_path)
+                .map_err(|source| TemplateError::Read { path: manifest_path.clone(), source })?;
             let dir_name = entry.file_name().to_string_lossy().into_owned();
             let template = parse(&text, &manifest_path.display().to_string(), Some(&dir_name))?;
             templates.insert(template.name.clone(), template);
@@ -128,25 +113,15 @@ impl TemplateCatalog {
 }
 
 fn parse(text: &str, origin: &str, expected_name: Option<&str>) -> Result<Template, TemplateError> {
-    let invalid = |message: String| TemplateError::Invalid {
-        origin: origin.to_owned(),
-        message,
-    };
+    let invalid = |message: String| TemplateError::Invalid { origin: origin.to_owned(), message };
     let manifest: Manifest = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
     if let Some(expected) = expected_name
         && manifest.name != expected
     {
-        return Err(invalid(format!(
-            "name {:?} must equal its directory name {expected:?}",
-            manifest.name
-        )));
+        return Err(invalid(format!("name {:?} must equal its directory name {expected:?}", manifest.name)));
     }
-    let default_timeout = humantime::parse_duration(&manifest.default_timeout).map_err(|e| {
-        invalid(format!(
-            "default_timeout {:?}: {e}",
-            manifest.default_timeout
-        ))
-    })?;
+    let default_timeout = humantime::parse_duration(&manifest.default_timeout)
+        .map_err(|e| invalid(format!("default_timeout {:?}: {e}", manifest.default_timeout)))?;
     if default_timeout.is_zero() {
         return Err(invalid("default_timeout must be positive".into()));
     }
@@ -172,36 +147,19 @@ mod tests {
     fn builtin_templates_parse_and_match_the_repository() {
         let builtin = TemplateCatalog::builtin().unwrap();
         assert_eq!(builtin.names(), ["infrastructure", "worker"]);
-        let from_dir = TemplateCatalog::load(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../templates"
-        )))
-        .unwrap();
+        let from_dir = TemplateCatalog::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../templates"))).unwrap();
         assert_eq!(from_dir.names(), builtin.names());
-        assert!(
-            !builtin.get("infrastructure").unwrap().network,
-            "infrastructure sandboxes have no network"
-        );
+        assert!(!builtin.get("infrastructure").unwrap().network, "infrastructure sandboxes have no network");
     }
 
     #[test]
     fn unknown_keys_and_bad_durations_are_rejected_with_the_reason() {
         let base = "name = \"x\"\nruntime = \"shell\"\nsmoke_test = \"true\"\n";
-        let err = parse(&format!("{base}default_timeout = \"soon\""), "t", None)
-            .unwrap_err()
-            .to_string();
+        let err = parse(&format!("{base}default_timeout = \"soon\""), "t", None).unwrap_err().to_string();
         assert!(err.contains("default_timeout"), "{err}");
-        let err = parse(
-            &format!("{base}default_timeout = \"1m\"\nnetwrok = true"),
-            "t",
-            None,
-        )
-        .unwrap_err()
-        .to_string();
+        let err = parse(&format!("{base}default_timeout = \"1m\"\nnetwrok = true"), "t", None).unwrap_err().to_string();
         assert!(err.contains("netwrok"), "{err}");
-        let err = parse(&format!("{base}default_timeout = \"1m\""), "t", Some("y"))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&format!("{base}default_timeout = \"1m\""), "t", Some("y")).unwrap_err().to_string();
         assert!(err.contains("directory name"), "{err}");
     }
 }

@@ -76,39 +76,18 @@ mod tests {
 
     #[test]
     fn accepts_normal_relative_paths() {
-        assert_eq!(
-            WorkspacePath::parse("a/b.txt").unwrap().as_path(),
-            Path::new("a/b.txt")
-        );
-        assert_eq!(
-            WorkspacePath::parse("./a//b/").unwrap().as_path(),
-            Path::new("a/b")
-        );
+        assert_eq!(WorkspacePath::parse("a/b.txt").unwrap().as_path(), Path::new("a/b.txt"));
+        assert_eq!(WorkspacePath::parse("./a//b/").unwrap().as_path(), Path::new("a/b"));
     }
 
     #[test]
     fn rejects_escapes_with_the_reason() {
         assert_eq!(WorkspacePath::parse(""), Err(WorkspacePathError::Empty));
         assert_eq!(WorkspacePath::parse("."), Err(WorkspacePathError::Empty));
-        assert!(matches!(
-            WorkspacePath::parse("/etc/passwd"),
-            Err(WorkspacePathError::Absolute(_))
-        ));
-        assert!(matches!(
-            WorkspacePath::parse("a/../../etc"),
-            Err(WorkspacePathError::ParentDir(_))
-        ));
-        assert!(matches!(
-            WorkspacePath::parse("a/.."),
-            Err(WorkspacePathError::ParentDir(_))
-        ));
-        assert!(matches!(
-            WorkspacePath::parse("a\0b"),
-            Err(WorkspacePathError::Nul(_))
-        ));
-        assert!(matches!(
-            WorkspacePath::parse(&"a".repeat(5000)),
-            Err(WorkspacePathError::TooLong(5000))
-        ));
+        assert!(matches!(WorkspacePath::parse("/etc/passwd"), Err(WorkspacePathError::Absolute(_))));
+        assert!(matches!(WorkspacePath::parse("a/../../etc"), Err(WorkspacePathError::ParentDir(_))));
+        assert!(matches!(WorkspacePath::parse("a/.."), Err(WorkspacePathError::ParentDir(_))));
+        assert!(matches!(WorkspacePath::parse("a\0b"), Err(WorkspacePathError::Nul(_))));
+        assert!(matches!(WorkspacePath::parse(&"a".repeat(5000)), Err(WorkspacePathError::TooLong(5000))));
     }
 }

@@ -15,18 +15,13 @@ pub type BrokerClient = SandboxServiceClient<InterceptedService<Channel, AuthInt
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 pub async fn connect(args: &BrokerClientArgs) -> anyhow::Result<BrokerClient> {
-    let endpoint = Endpoint::from_shared(args.url.clone())
-        .with_context(|| format!("invalid broker URL {:?}", args.url))?;
+    let endpoint =
+        Endpoint::from_shared(args.url.clone()).with_context(|| format!("invalid broker URL {:?}", args.url))?;
     let channel = endpoint
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach the broker at {} (is `studio up` running?)",
-                args.url
-            )
-        })?;
+        .with_context(|| format!("cannot reach the broker at {} (is `studio up` running?)", args.url))?;
     let header = match &args.token {
         Some(token) => Some(
             format!("Bearer {}", token.expose())
@@ -37,14 +32,11 @@ pub async fn connect(args: &BrokerClientArgs) -> anyhow::Result<BrokerClient> {
     };
     let interceptor: AuthInterceptor = Box::new(move |mut request: Request<()>| {
         if let Some(header) = &header {
-            request
-                .metadata_mut()
-                .insert("authorization", header.clone());
+            request.metadata_mut().insert("authorization", header.clone());
         }
         Ok(request)
     });
-    Ok(SandboxServiceClient::with_interceptor(channel, interceptor)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(SandboxServiceClient::with_interceptor(channel, interceptor).max_decoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// `Status` as a one-line error: code and message.

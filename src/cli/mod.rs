@@ -11,11 +11,7 @@ use clap::{Parser, Subcommand};
 use sandbox_svc::secret::SecretString;
 
 #[derive(Parser)]
-#[command(
-    name = "studio",
-    version,
-    about = "Agent Studio: run coding agents in sandboxes, safely"
-)]
+#[command(name = "studio", version, about = "Agent Studio: run coding agents in sandboxes, safely")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,20 +21,10 @@ pub struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerClientArgs {
     /// The broker's gRPC URL.
-    #[arg(
-        long = "broker",
-        env = "STUDIO_BROKER_URL",
-        default_value = "http://127.0.0.1:50052",
-        global = true
-    )]
+    #[arg(long = "broker", env = "STUDIO_BROKER_URL", default_value = "http://127.0.0.1:50052", global = true)]
     pub url: String,
     /// Bearer token for the broker.
-    #[arg(
-        long = "token",
-        env = "SANDBOX_AUTH_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long = "token", env = "SANDBOX_AUTH_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<SecretString>,
 }
 

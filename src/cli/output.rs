@@ -36,30 +36,18 @@ pub async fn follow(
             Ok(None) => {
                 anyhow::bail!("the stream ended before the process exited (last seq {last_seq})")
             }
-            Err(status)
-                if matches!(
-                    status.code(),
-                    Code::Unavailable | Code::Unknown | Code::Internal
-                ) =>
-            {
+            Err(status) if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Internal) => {
                 let Some(process_id) = process_id.clone() else {
                     return Err(describe(status));
                 };
                 resumes += 1;
                 if resumes > MAX_RESUMES {
-                    return Err(describe(status)
-                        .context(format!("giving up after {MAX_RESUMES} reattach attempts")));
+                    return Err(describe(status).context(format!("giving up after {MAX_RESUMES} reattach attempts")));
                 }
-                eprintln!(
-                    "[studio] stream dropped ({}); reattaching after seq {last_seq}",
-                    status.message()
-                );
+                eprintln!("[studio] stream dropped ({}); reattaching after seq {last_seq}", status.message());
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(resumes))).await;
-                let request = pb::AttachProcessRequest {
-                    sandbox_id: sandbox_id.to_owned(),
-                    process_id,
-                    after_seq: last_seq,
-                };
+                let request =
+                    pb::AttachProcessRequest { sandbox_id: sandbox_id.to_owned(), process_id, after_seq: last_seq };
                 match client.attach_process(request).await {
                     Ok(response) => stream = response.into_inner(),
                     Err(status) if status.code() == Code::Unavailable => continue,
@@ -84,17 +72,10 @@ fn print_event(event: pb::ProcessEvent) -> anyhow::Result<Option<ExitCode>> {
             err.flush()?;
         }
         Some(Event::Truncated(t)) => {
-            eprintln!(
-                "[studio] output before seq {} is no longer spooled",
-                t.first_available_seq
-            );
+            eprintln!("[studio] output before seq {} is no longer spooled", t.first_available_seq);
         }
         Some(Event::Exited(exited)) => {
-            let code = if exited.signal != 0 {
-                128 + exited.signal
-            } else {
-                exited.exit_code
-            };
+            let code = if exited.signal != 0 { 128 + exited.signal } else { exited.exit_code };
             return Ok(Some(ExitCode::from(code.clamp(0, 255) as u8)));
         }
         Some(Event::Started(_)) | None => {}

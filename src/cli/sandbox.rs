@@ -118,16 +118,8 @@ pub async fn run(command: SandboxCommand) -> anyhow::Result<()> {
                 metadata: args.metadata.into_iter().collect(),
                 idempotency_key: args.idempotency_key.unwrap_or_default(),
             };
-            let sandbox = client
-                .create_sandbox(request)
-                .await
-                .map_err(describe)?
-                .into_inner()
-                .sandbox;
-            println!(
-                "{}",
-                sandbox.context("broker returned no sandbox")?.sandbox_id
-            );
+            let sandbox = client.create_sandbox(request).await.map_err(describe)?.into_inner().sandbox;
+            println!("{}", sandbox.context("broker returned no sandbox")?.sandbox_id);
         }
         SandboxCommand::Ls(args) => {
             let mut client = connect(&args.broker).await?;
@@ -135,16 +127,8 @@ pub async fn run(command: SandboxCommand) -> anyhow::Result<()> {
                 metadata: args.metadata.into_iter().collect::<HashMap<_, _>>(),
                 include_ended: args.all,
             };
-            let sandboxes = client
-                .list_sandboxes(request)
-                .await
-                .map_err(describe)?
-                .into_inner()
-                .sandboxes;
-            println!(
-                "{:<40} {:<16} {:<8} {:<12} METADATA",
-                "SANDBOX", "TEMPLATE", "STATE", "EXPIRES IN"
-            );
+            let sandboxes = client.list_sandboxes(request).await.map_err(describe)?.into_inner().sandboxes;
+            println!("{:<40} {:<16} {:<8} {:<12} METADATA", "SANDBOX", "TEMPLATE", "STATE", "EXPIRES IN");
             for sandbox in sandboxes {
                 println!(
                     "{:<40} {:<16} {:<8} {:<12} {}",
@@ -158,15 +142,8 @@ pub async fn run(command: SandboxCommand) -> anyhow::Result<()> {
         }
         SandboxCommand::Get(args) => {
             let mut client = connect(&args.broker).await?;
-            let request = pb::GetSandboxRequest {
-                sandbox_id: args.sandbox_id,
-            };
-            let sandbox = client
-                .get_sandbox(request)
-                .await
-                .map_err(describe)?
-                .into_inner()
-                .sandbox;
+            let request = pb::GetSandboxRequest { sandbox_id: args.sandbox_id };
+            let sandbox = client.get_sandbox(request).await.map_err(describe)?.into_inner().sandbox;
             let sandbox = sandbox.context("broker returned no sandbox")?;
             println!("sandbox:   {}", sandbox.sandbox_id);
             println!("template:  {}", sandbox.template);
@@ -180,12 +157,7 @@ pub async fn run(command: SandboxCommand) -> anyhow::Result<()> {
         }
         SandboxCommand::Kill(args) => {
             let mut client = connect(&args.broker).await?;
-            client
-                .kill_sandbox(pb::KillSandboxRequest {
-                    sandbox_id: args.sandbox_id,
-                })
-                .await
-                .map_err(describe)?;
+            client.kill_sandbox(pb::KillSandboxRequest { sandbox_id: args.sandbox_id }).await.map_err(describe)?;
         }
     }
     Ok(())
@@ -201,11 +173,7 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         tag: args.tag,
         stdin: false,
     };
-    let stream = client
-        .start_process(request)
-        .await
-        .map_err(describe)?
-        .into_inner();
+    let stream = client.start_process(request).await.map_err(describe)?.into_inner();
     output::follow(&mut client, &args.sandbox_id, None, stream, 0).await
 }
 
@@ -216,48 +184,19 @@ pub async fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
         process_id: args.process_id.clone(),
         after_seq: args.after,
     };
-    let stream = client
-        .attach_process(request)
-        .await
-        .map_err(describe)?
-        .into_inner();
-    output::follow(
-        &mut client,
-        &args.sandbox_id,
-        Some(args.process_id),
-        stream,
-        args.after,
-    )
-    .await
+    let stream = client.attach_process(request).await.map_err(describe)?.into_inner();
+    output::follow(&mut client, &args.sandbox_id, Some(args.process_id), stream, args.after).await
 }
 
 pub async fn ps(args: PsArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.broker).await?;
-    let request = pb::ListProcessesRequest {
-        sandbox_id: args.sandbox_id,
-    };
-    let processes = client
-        .list_processes(request)
-        .await
-        .map_err(describe)?
-        .into_inner()
-        .processes;
-    println!(
-        "{:<8} {:<8} {:<6} {:<8} {:<12} COMMAND",
-        "PROCESS", "STATE", "EXIT", "LAST SEQ", "TAG"
-    );
+    let request = pb::ListProcessesRequest { sandbox_id: args.sandbox_id };
+    let processes = client.list_processes(request).await.map_err(describe)?.into_inner().processes;
+    println!("{:<8} {:<8} {:<6} {:<8} {:<12} COMMAND", "PROCESS", "STATE", "EXIT", "LAST SEQ", "TAG");
     for p in processes {
         let exit = p.exit_code.map(|c| c.to_string()).unwrap_or_default();
         let state = if p.running { "running" } else { "exited" };
-        println!(
-            "{:<8} {:<8} {:<6} {:<8} {:<12} {}",
-            p.process_id,
-            state,
-            exit,
-            p.last_seq,
-            p.tag,
-            p.argv.join(" ")
-        );
+        println!("{:<8} {:<8} {:<6} {:<8} {:<12} {}", p.process_id, state, exit, p.last_seq, p.tag, p.argv.join(" "));
     }
     Ok(())
 }

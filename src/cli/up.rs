@@ -2,6 +2,8 @@
 
 use sandbox_svc::BrokerConfig;
 use sandbox_svc::telemetry::{self, LogFormat};
+use std::io::Write;
+
 use tokio::net::TcpListener;
 
 #[derive(Debug, clap::Args)]
@@ -18,10 +20,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     args.broker.validate()?;
     let listener = TcpListener::bind(args.broker.listen_addr).await?;
     let address = listener.local_addr()?;
-    println!(
-        "sandbox broker: grpc://{address} (provider {}; Ctrl-C to stop)",
+    // Whoever started us may read only the first line (scripts, tests) and close the pipe:
+    // a failed print must not take the broker down.
+    let banner = format!(
+        "sandbox broker: grpc://{address} (provider {}; Ctrl-C to stop)\n\
+         try: studio sandbox create   then   studio exec <sandbox> -- echo hello\n",
         args.broker.provider
     );
-    println!("try: studio sandbox create   then   studio exec <sandbox> -- echo hello");
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
     sandbox_svc::serve(args.broker, listener, sandbox_svc::shutdown_signal()).await
 }

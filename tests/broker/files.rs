@@ -16,21 +16,10 @@ async fn files_round_trip_and_are_visible_to_processes() {
         content: "hello\n".into(),
     };
     client.write_file(write).await.unwrap();
-    let events = run(
-        &mut client,
-        &sandbox.sandbox_id,
-        "cat src/deep/hello.txt; echo more > src/deep/out.txt",
-    )
-    .await;
+    let events = run(&mut client, &sandbox.sandbox_id, "cat src/deep/hello.txt; echo more > src/deep/out.txt").await;
     assert_eq!(stdout_of(&events), "hello\n");
-    let read = pb::ReadFileRequest {
-        sandbox_id: sandbox.sandbox_id.clone(),
-        path: "src/deep/out.txt".into(),
-    };
-    assert_eq!(
-        &client.read_file(read).await.unwrap().into_inner().content[..],
-        b"more\n"
-    );
+    let read = pb::ReadFileRequest { sandbox_id: sandbox.sandbox_id.clone(), path: "src/deep/out.txt".into() };
+    assert_eq!(&client.read_file(read).await.unwrap().into_inner().content[..], b"more\n");
     broker.stop().await.unwrap();
 }
 
@@ -41,12 +30,8 @@ async fn path_escapes_are_refused() {
     let sandbox = create(&mut client, "worker").await;
     let id = sandbox.sandbox_id.clone();
     // Symlinks a process in the sandbox made, pointing out of the workspace.
-    run(
-        &mut client,
-        &id,
-        "ln -s /etc/hostname abs; ln -s ../../.. up; ln -s /etc dir; mkdir -p ok; ln -s ok inside",
-    )
-    .await;
+    run(&mut client, &id, "ln -s /etc/hostname abs; ln -s ../../.. up; ln -s /etc dir; mkdir -p ok; ln -s ok inside")
+        .await;
     let host_file = broker.data_dir.path().join("outside.txt");
     std::fs::write(&host_file, "host secret").unwrap();
     for (path, needle) in [
@@ -58,57 +43,20 @@ async fn path_escapes_are_refused() {
         ("up/outside.txt", "resolves outside the sandbox workspace"),
         ("dir/hostname", "resolves outside the sandbox workspace"),
     ] {
-        let read = pb::ReadFileRequest {
-            sandbox_id: id.clone(),
-            path: path.into(),
-        };
+        let read = pb::ReadFileRequest { sandbox_id: id.clone(), path: path.into() };
         assert_code(client.read_file(read).await, Code::InvalidArgument, needle);
-        let write = pb::WriteFileRequest {
-            sandbox_id: id.clone(),
-            path: path.into(),
-            content: "pwned".into(),
-        };
-        assert_code(
-            client.write_file(write).await,
-            Code::InvalidArgument,
-            needle,
-        );
+        let write = pb::WriteFileRequest { sandbox_id: id.clone(), path: path.into(), content: "pwned".into() };
+        assert_code(client.write_file(write).await, Code::InvalidArgument, needle);
     }
     assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "host secret");
-    let write = pb::WriteFileRequest {
-        sandbox_id: id.clone(),
-        path: "dir/new/file".into(),
-        content: "x".into(),
-    };
-    assert_code(
-        client.write_file(write).await,
-        Code::InvalidArgument,
-        "resolves outside",
-    );
+    let write = pb::WriteFileRequest { sandbox_id: id.clone(), path: "dir/new/file".into(), content: "x".into() };
+    assert_code(client.write_file(write).await, Code::InvalidArgument, "resolves outside");
     // A symlink that stays inside works.
-    let write = pb::WriteFileRequest {
-        sandbox_id: id.clone(),
-        path: "inside/f".into(),
-        content: "fine".into(),
-    };
+    let write = pb::WriteFileRequest { sandbox_id: id.clone(), path: "inside/f".into(), content: "fine".into() };
     client.write_file(write).await.unwrap();
-    let missing = pb::ReadFileRequest {
-        sandbox_id: id.clone(),
-        path: "nope.txt".into(),
-    };
-    assert_code(
-        client.read_file(missing).await,
-        Code::NotFound,
-        "does not exist",
-    );
-    let directory = pb::ReadFileRequest {
-        sandbox_id: id,
-        path: "ok".into(),
-    };
-    assert_code(
-        client.read_file(directory).await,
-        Code::InvalidArgument,
-        "is a directory",
-    );
+    let missing = pb::ReadFileRequest { sandbox_id: id.clone(), path: "nope.txt".into() };
+    assert_code(client.read_file(missing).await, Code::NotFound, "does not exist");
+    let directory = pb::ReadFileRequest { sandbox_id: id, path: "ok".into() };
+    assert_code(client.read_file(directory).await, Code::InvalidArgument, "is a directory");
     broker.stop().await.unwrap();
 }

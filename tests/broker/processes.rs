@@ -15,24 +15,14 @@ async fn create_start_stream_and_exit_code() {
     assert_eq!(sandbox.provider, "local");
     assert!(sandbox.expires_at.unwrap().seconds > sandbox.created_at.unwrap().seconds);
 
-    let events = run(
-        &mut client,
-        &sandbox.sandbox_id,
-        "echo out; echo err >&2; exit 7",
-    )
-    .await;
+    let events = run(&mut client, &sandbox.sandbox_id, "echo out; echo err >&2; exit 7").await;
     assert_contiguous(&events, 1);
-    assert!(
-        matches!(events[0].event, Some(Event::Started(pb::process_event::Started { pid })) if pid > 0)
-    );
+    assert!(matches!(events[0].event, Some(Event::Started(pb::process_event::Started { pid })) if pid > 0));
     assert_eq!(stdout_of(&events), "out\n");
     assert_eq!(stderr_of(&events), "err\n");
     let exited = exit_of(&events).expect("exited event");
     assert_eq!((exited.exit_code, exited.signal), (7, 0));
-    assert!(
-        matches!(events.last().unwrap().event, Some(Event::Exited(_))),
-        "exited is last"
-    );
+    assert!(matches!(events.last().unwrap().event, Some(Event::Exited(_))), "exited is last");
     assert!(events.iter().all(|e| e.process_id == events[0].process_id));
     broker.stop().await.unwrap();
 }
@@ -59,35 +49,17 @@ async fn the_sandbox_is_isolated_and_gets_only_declared_environment() {
     request.env = metadata(&[("FROM_REQUEST", "r")]);
     let events = collect(client.start_process(request).await.unwrap().into_inner()).await;
     let out = stdout_of(&events);
-    assert!(
-        out.contains("FROM_SANDBOX=s\n") && out.contains("FROM_REQUEST=r\n"),
-        "{out}"
-    );
-    assert!(
-        out.contains("LANG=C.UTF-8"),
-        "template env is applied: {out}"
-    );
-    assert!(
-        !out.contains("CARGO") && !out.contains("RUST"),
-        "broker environment leaked: {out}"
-    );
+    assert!(out.contains("FROM_SANDBOX=s\n") && out.contains("FROM_REQUEST=r\n"), "{out}");
+    assert!(out.contains("LANG=C.UTF-8"), "template env is applied: {out}");
+    assert!(!out.contains("CARGO") && !out.contains("RUST"), "broker environment leaked: {out}");
     assert!(out.contains("uid=1000\n"), "runs unprivileged: {out}");
     assert!(out.contains("host=sandbox\n"), "own uts namespace: {out}");
-    assert!(
-        out.contains("pid=2\n") || out.contains("pid=1\n"),
-        "own pid namespace: {out}"
-    );
+    assert!(out.contains("pid=2\n") || out.contains("pid=1\n"), "own pid namespace: {out}");
     assert!(!out.contains("WROTE-ROOT"), "host root is read-only: {out}");
     assert!(out.contains("wrote-workspace"), "{out}");
     assert!(out.contains("\n0\n"), "private empty /tmp: {out}");
-    assert!(
-        out.contains("\n1\n"),
-        "infrastructure has no network (only lo): {out}"
-    );
-    assert!(
-        out.contains("CapEff:\t0000000000000000"),
-        "no capabilities: {out}"
-    );
+    assert!(out.contains("\n1\n"), "infrastructure has no network (only lo): {out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "no capabilities: {out}");
     let file = broker.workspaces().join(&sandbox.sandbox_id).join("f");
     assert_eq!(std::fs::read_to_string(file).unwrap(), "hi\n");
     broker.stop().await.unwrap();
@@ -98,12 +70,7 @@ async fn attach_after_a_seq_replays_exactly_the_missing_events() {
     let broker = TestBroker::start(|_| {}).await;
     let mut client = broker.client().await;
     let sandbox = create(&mut client, "worker").await;
-    let all = run(
-        &mut client,
-        &sandbox.sandbox_id,
-        "for i in $(seq 1 300); do echo line $i; done",
-    )
-    .await;
+    let all = run(&mut client, &sandbox.sandbox_id, "for i in $(seq 1 300); do echo line $i; done").await;
     let last = all.last().unwrap().seq;
     for after in [0, 1, 2, last / 2, last - 1, last] {
         let request = pb::AttachProcessRequest {
@@ -122,13 +89,8 @@ async fn a_client_dropped_mid_stream_resumes_with_no_gap_and_no_duplicate() {
     let broker = TestBroker::start(|_| {}).await;
     let mut client = broker.client().await;
     let sandbox = create(&mut client, "worker").await;
-    let script =
-        "for i in $(seq 1 400); do echo line $i; if [ $((i % 50)) = 0 ]; then sleep 0.05; fi; done";
-    let mut stream = client
-        .start_process(start_request(&sandbox.sandbox_id, script))
-        .await
-        .unwrap()
-        .into_inner();
+    let script = "for i in $(seq 1 400); do echo line $i; if [ $((i % 50)) = 0 ]; then sleep 0.05; fi; done";
+    let mut stream = client.start_process(start_request(&sandbox.sandbox_id, script)).await.unwrap().into_inner();
     let mut seen = Vec::new();
     while seen.len() < 10 {
         seen.push(stream.message().await.unwrap().unwrap());
@@ -156,11 +118,7 @@ async fn a_process_keeps_running_and_spooling_while_nobody_is_attached() {
     let sandbox = create(&mut client, "worker").await;
     // Far more than a pipe buffer: the process would block if nobody read its output.
     let script = "head -c 3000000 /dev/zero | tr '\\0' 'x'; echo; echo done";
-    let stream = client
-        .start_process(start_request(&sandbox.sandbox_id, script))
-        .await
-        .unwrap()
-        .into_inner();
+    let stream = client.start_process(start_request(&sandbox.sandbox_id, script)).await.unwrap().into_inner();
     drop(stream);
     let sandbox_id = sandbox.sandbox_id.clone();
     eventually("process exits with nobody attached", || {
@@ -168,21 +126,12 @@ async fn a_process_keeps_running_and_spooling_while_nobody_is_attached() {
         let sandbox_id = sandbox_id.clone();
         async move {
             let request = pb::ListProcessesRequest { sandbox_id };
-            let processes = client
-                .list_processes(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .processes;
+            let processes = client.list_processes(request).await.unwrap().into_inner().processes;
             processes.len() == 1 && !processes[0].running && processes[0].exit_code == Some(0)
         }
     })
     .await;
-    let request = pb::AttachProcessRequest {
-        sandbox_id,
-        process_id: "p1".into(),
-        after_seq: 0,
-    };
+    let request = pb::AttachProcessRequest { sandbox_id, process_id: "p1".into(), after_seq: 0 };
     let events = collect(client.attach_process(request).await.unwrap().into_inner()).await;
     assert_contiguous(&events, 1);
     let out = stdout_of(&events);
@@ -196,17 +145,11 @@ async fn several_watchers_see_the_same_live_events() {
     let broker = TestBroker::start(|_| {}).await;
     let mut client = broker.client().await;
     let sandbox = create(&mut client, "worker").await;
-    let mut request = start_request(
-        &sandbox.sandbox_id,
-        "read line; echo got $line; for i in 1 2 3; do echo $i; done",
-    );
+    let mut request = start_request(&sandbox.sandbox_id, "read line; echo got $line; for i in 1 2 3; do echo $i; done");
     request.stdin = true;
     let first = client.start_process(request).await.unwrap().into_inner();
-    let attach = pb::AttachProcessRequest {
-        sandbox_id: sandbox.sandbox_id.clone(),
-        process_id: "p1".into(),
-        after_seq: 0,
-    };
+    let attach =
+        pb::AttachProcessRequest { sandbox_id: sandbox.sandbox_id.clone(), process_id: "p1".into(), after_seq: 0 };
     let second = client.attach_process(attach).await.unwrap().into_inner();
     let input = pb::SendProcessInputRequest {
         sandbox_id: sandbox.sandbox_id.clone(),
@@ -236,10 +179,7 @@ async fn stdin_can_be_written_and_closed() {
         };
         client.send_process_input(input).await.unwrap();
     }
-    let close = pb::CloseProcessInputRequest {
-        sandbox_id: sandbox.sandbox_id.clone(),
-        process_id: "p1".into(),
-    };
+    let close = pb::CloseProcessInputRequest { sandbox_id: sandbox.sandbox_id.clone(), process_id: "p1".into() };
     client.close_process_input(close).await.unwrap();
     let events = collect(stream).await;
     assert_eq!(stdout_of(&events).trim(), "7");
@@ -250,11 +190,7 @@ async fn stdin_can_be_written_and_closed() {
         process_id: events[0].process_id.clone(),
         data: "x".into(),
     };
-    assert_code(
-        client.send_process_input(input).await,
-        tonic::Code::FailedPrecondition,
-        "exited",
-    );
+    assert_code(client.send_process_input(input).await, tonic::Code::FailedPrecondition, "exited");
     broker.stop().await.unwrap();
 }
 
@@ -265,11 +201,7 @@ async fn a_signal_ends_the_process_tree_and_is_reported() {
     let sandbox = create(&mut client, "worker").await;
     let marker = format!("1000.{}", std::process::id());
     let script = format!("sleep {marker} & sleep {marker}; echo never");
-    let mut stream = client
-        .start_process(start_request(&sandbox.sandbox_id, &script))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.start_process(start_request(&sandbox.sandbox_id, &script)).await.unwrap().into_inner();
     let started = stream.message().await.unwrap().unwrap();
     eventually("sleeps running", || async { pids_with(&marker).len() >= 2 }).await;
     let signal = pb::SignalProcessRequest {
@@ -280,15 +212,9 @@ async fn a_signal_ends_the_process_tree_and_is_reported() {
     client.signal_process(signal).await.unwrap();
     let events = collect(stream).await;
     let exited = exit_of(&events).unwrap();
-    assert!(
-        exited.signal == libc::SIGTERM || exited.exit_code == 128 + libc::SIGTERM,
-        "{exited:?}"
-    );
+    assert!(exited.signal == libc::SIGTERM || exited.exit_code == 128 + libc::SIGTERM, "{exited:?}");
     assert!(!stdout_of(&events).contains("never"));
-    eventually("no sleep survives", || async {
-        pids_with(&marker).is_empty()
-    })
-    .await;
+    eventually("no sleep survives", || async { pids_with(&marker).is_empty() }).await;
     broker.stop().await.unwrap();
 }
 
@@ -301,24 +227,14 @@ async fn list_processes_reports_argv_tag_state_and_exit_code() {
     request.tag = "build".into();
     collect(client.start_process(request).await.unwrap().into_inner()).await;
     let processes = client
-        .list_processes(pb::ListProcessesRequest {
-            sandbox_id: sandbox.sandbox_id.clone(),
-        })
+        .list_processes(pb::ListProcessesRequest { sandbox_id: sandbox.sandbox_id.clone() })
         .await
         .unwrap()
         .into_inner()
         .processes;
     assert_eq!(processes.len(), 1);
     let p = &processes[0];
-    assert_eq!(
-        (
-            p.process_id.as_str(),
-            p.tag.as_str(),
-            p.running,
-            p.exit_code
-        ),
-        ("p1", "build", false, Some(4))
-    );
+    assert_eq!((p.process_id.as_str(), p.tag.as_str(), p.running, p.exit_code), ("p1", "build", false, Some(4)));
     assert_eq!(p.argv, ["sh", "-c", "exit 4"]);
     broker.stop().await.unwrap();
 }

@@ -16,64 +16,29 @@ async fn every_bad_input_names_its_field() {
     request.stdin = true;
     let in_flight = client.start_process(request).await.unwrap().into_inner();
 
-    let unknown_template = pb::CreateSandboxRequest {
-        template: "gpu".into(),
-        ..Default::default()
-    };
+    let unknown_template = pb::CreateSandboxRequest { template: "gpu".into(), ..Default::default() };
     assert_code(
         client.create_sandbox(unknown_template).await,
         Code::NotFound,
         "known templates: infrastructure, worker",
     );
     let empty_template = pb::CreateSandboxRequest::default();
-    assert_code(
-        client.create_sandbox(empty_template).await,
-        Code::InvalidArgument,
-        "template: must not be empty",
-    );
-    let bad_env = pb::CreateSandboxRequest {
-        template: "worker".into(),
-        env: metadata(&[("A=B", "1")]),
-        ..Default::default()
-    };
-    assert_code(
-        client.create_sandbox(bad_env).await,
-        Code::InvalidArgument,
-        "env: variable name",
-    );
+    assert_code(client.create_sandbox(empty_template).await, Code::InvalidArgument, "template: must not be empty");
+    let bad_env =
+        pb::CreateSandboxRequest { template: "worker".into(), env: metadata(&[("A=B", "1")]), ..Default::default() };
+    assert_code(client.create_sandbox(bad_env).await, Code::InvalidArgument, "env: variable name");
     let bad_nanos = pb::CreateSandboxRequest {
         template: "worker".into(),
-        timeout: Some(prost_types::Duration {
-            seconds: 1,
-            nanos: -1,
-        }),
+        timeout: Some(prost_types::Duration { seconds: 1, nanos: -1 }),
         ..Default::default()
     };
-    assert_code(
-        client.create_sandbox(bad_nanos).await,
-        Code::InvalidArgument,
-        "timeout",
-    );
+    assert_code(client.create_sandbox(bad_nanos).await, Code::InvalidArgument, "timeout");
 
-    let empty_argv = pb::StartProcessRequest {
-        sandbox_id: id.clone(),
-        ..Default::default()
-    };
-    assert_code(
-        client.start_process(empty_argv).await,
-        Code::InvalidArgument,
-        "argv: must not be empty",
-    );
-    let empty_program = pb::StartProcessRequest {
-        sandbox_id: id.clone(),
-        argv: vec![String::new()],
-        ..Default::default()
-    };
-    assert_code(
-        client.start_process(empty_program).await,
-        Code::InvalidArgument,
-        "argv",
-    );
+    let empty_argv = pb::StartProcessRequest { sandbox_id: id.clone(), ..Default::default() };
+    assert_code(client.start_process(empty_argv).await, Code::InvalidArgument, "argv: must not be empty");
+    let empty_program =
+        pb::StartProcessRequest { sandbox_id: id.clone(), argv: vec![String::new()], ..Default::default() };
+    assert_code(client.start_process(empty_program).await, Code::InvalidArgument, "argv");
     for (cwd, needle) in [
         ("/etc", "cwd: \"/etc\" is absolute"),
         ("../x", "cwd: \"../x\" contains `..`"),
@@ -81,11 +46,7 @@ async fn every_bad_input_names_its_field() {
     ] {
         let mut request = start_request(&id, "pwd");
         request.cwd = cwd.into();
-        assert_code(
-            client.start_process(request).await,
-            Code::InvalidArgument,
-            needle,
-        );
+        assert_code(client.start_process(request).await, Code::InvalidArgument, needle);
     }
     let mut bad_process_env = start_request(&id, "true");
     bad_process_env.env = metadata(&[("", "x")]);
@@ -95,76 +56,27 @@ async fn every_bad_input_names_its_field() {
         "env: variable names must not be empty",
     );
 
-    let unknown_signal = pb::SignalProcessRequest {
-        sandbox_id: id.clone(),
-        process_id: "p1".into(),
-        signal: 99,
-    };
-    assert_code(
-        client.signal_process(unknown_signal).await,
-        Code::InvalidArgument,
-        "signal: unknown value 99",
-    );
-    let unset_signal = pb::SignalProcessRequest {
-        sandbox_id: id.clone(),
-        process_id: "p1".into(),
-        signal: 0,
-    };
-    assert_code(
-        client.signal_process(unset_signal).await,
-        Code::InvalidArgument,
-        "signal: must be set",
-    );
+    let unknown_signal = pb::SignalProcessRequest { sandbox_id: id.clone(), process_id: "p1".into(), signal: 99 };
+    assert_code(client.signal_process(unknown_signal).await, Code::InvalidArgument, "signal: unknown value 99");
+    let unset_signal = pb::SignalProcessRequest { sandbox_id: id.clone(), process_id: "p1".into(), signal: 0 };
+    assert_code(client.signal_process(unset_signal).await, Code::InvalidArgument, "signal: must be set");
 
     assert_code(
         client.get_sandbox(pb::GetSandboxRequest::default()).await,
         Code::InvalidArgument,
         "sandbox_id: must not be empty",
     );
-    let unknown = pb::GetSandboxRequest {
-        sandbox_id: "sbx-nope".into(),
-    };
-    assert_code(
-        client.get_sandbox(unknown).await,
-        Code::NotFound,
-        "sandbox \"sbx-nope\" not found",
-    );
-    let unknown_process = pb::AttachProcessRequest {
-        sandbox_id: id.clone(),
-        process_id: "p99".into(),
-        after_seq: 0,
-    };
-    assert_code(
-        client.attach_process(unknown_process).await,
-        Code::NotFound,
-        "process \"p99\" not found",
-    );
-    let no_process = pb::AttachProcessRequest {
-        sandbox_id: id.clone(),
-        process_id: String::new(),
-        after_seq: 0,
-    };
-    assert_code(
-        client.attach_process(no_process).await,
-        Code::InvalidArgument,
-        "process_id",
-    );
-    let long_tag = pb::StartProcessRequest {
-        tag: "t".repeat(1000),
-        ..start_request(&id, "true")
-    };
-    assert_code(
-        client.start_process(long_tag).await,
-        Code::InvalidArgument,
-        "tag",
-    );
+    let unknown = pb::GetSandboxRequest { sandbox_id: "sbx-nope".into() };
+    assert_code(client.get_sandbox(unknown).await, Code::NotFound, "sandbox \"sbx-nope\" not found");
+    let unknown_process = pb::AttachProcessRequest { sandbox_id: id.clone(), process_id: "p99".into(), after_seq: 0 };
+    assert_code(client.attach_process(unknown_process).await, Code::NotFound, "process \"p99\" not found");
+    let no_process = pb::AttachProcessRequest { sandbox_id: id.clone(), process_id: String::new(), after_seq: 0 };
+    assert_code(client.attach_process(no_process).await, Code::InvalidArgument, "process_id");
+    let long_tag = pb::StartProcessRequest { tag: "t".repeat(1000), ..start_request(&id, "true") };
+    assert_code(client.start_process(long_tag).await, Code::InvalidArgument, "tag");
 
     // The process started before all of that is untouched.
-    let input = pb::SendProcessInputRequest {
-        sandbox_id: id.clone(),
-        process_id: "p1".into(),
-        data: "yes\n".into(),
-    };
+    let input = pb::SendProcessInputRequest { sandbox_id: id.clone(), process_id: "p1".into(), data: "yes\n".into() };
     client.send_process_input(input).await.unwrap();
     let events = collect(in_flight).await;
     assert_eq!(stdout_of(&events), "survived yes\n");

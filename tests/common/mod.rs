@@ -24,9 +24,7 @@ pub struct Interceptor(Option<tonic::metadata::AsciiMetadataValue>);
 impl tonic::service::Interceptor for Interceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(header) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", header.clone());
+            request.metadata_mut().insert("authorization", header.clone());
         }
         Ok(request)
     }
@@ -56,12 +54,7 @@ impl TestBroker {
         let task = tokio::spawn(sandbox_svc::serve(config, listener, async {
             let _ = stopped.await;
         }));
-        let broker = TestBroker {
-            address,
-            data_dir,
-            stop: Some(stop),
-            task,
-        };
+        let broker = TestBroker { address, data_dir, stop: Some(stop), task };
         broker.wait_serving().await;
         broker
     }
@@ -71,11 +64,7 @@ impl TestBroker {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect")
+        Channel::from_shared(self.url()).unwrap().connect().await.expect("connect")
     }
 
     pub async fn client(&self) -> Client {
@@ -83,11 +72,7 @@ impl TestBroker {
     }
 
     pub async fn client_with_token(&self, token: Option<&str>) -> Client {
-        let header = token.map(|t| {
-            format!("Bearer {t}")
-                .parse::<tonic::metadata::AsciiMetadataValue>()
-                .unwrap()
-        });
+        let header = token.map(|t| format!("Bearer {t}").parse::<tonic::metadata::AsciiMetadataValue>().unwrap());
         SandboxServiceClient::with_interceptor(self.channel().await, Interceptor(header))
             .max_decoding_message_size(64 << 20)
     }
@@ -98,9 +83,7 @@ impl TestBroker {
                 return false;
             };
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-            let request = tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            };
+            let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
             matches!(health.check(request).await, Ok(r) if r.get_ref().status == 1)
         })
         .await;
@@ -111,10 +94,7 @@ impl TestBroker {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
-            .await
-            .expect("broker stops within 30s")
-            .unwrap()
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task).await.expect("broker stops within 30s").unwrap()
     }
 
     pub fn workspaces(&self) -> std::path::PathBuf {
@@ -130,33 +110,17 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 pub async fn create(client: &mut Client, template: &str) -> pb::Sandbox {
-    create_with(
-        client,
-        pb::CreateSandboxRequest {
-            template: template.into(),
-            ..Default::default()
-        },
-    )
-    .await
+    create_with(client, pb::CreateSandboxRequest { template: template.into(), ..Default::default() }).await
 }
 
 pub async fn create_with(client: &mut Client, request: pb::CreateSandboxRequest) -> pb::Sandbox {
-    client
-        .create_sandbox(request)
-        .await
-        .expect("create sandbox")
-        .into_inner()
-        .sandbox
-        .expect("sandbox")
+    client.create_sandbox(request).await.expect("create sandbox").into_inner().sandbox.expect("sandbox")
 }
 
 pub fn start_request(sandbox_id: &str, script: &str) -> pb::StartProcessRequest {
@@ -181,11 +145,7 @@ pub async fn collect(mut stream: tonic::Streaming<pb::ProcessEvent>) -> Vec<pb::
 }
 
 pub async fn run(client: &mut Client, sandbox_id: &str, script: &str) -> Vec<pb::ProcessEvent> {
-    let stream = client
-        .start_process(start_request(sandbox_id, script))
-        .await
-        .expect("start")
-        .into_inner();
+    let stream = client.start_process(start_request(sandbox_id, script)).await.expect("start").into_inner();
     collect(stream).await
 }
 
@@ -219,11 +179,7 @@ pub fn exit_of(events: &[pb::ProcessEvent]) -> Option<pb::process_event::Exited>
 /// Asserts seqs run `first, first+1, …` with no gap or repeat.
 pub fn assert_contiguous(events: &[pb::ProcessEvent], first: u64) {
     for (i, event) in events.iter().enumerate() {
-        assert_eq!(
-            event.seq,
-            first + i as u64,
-            "event {i} out of sequence: {events:?}"
-        );
+        assert_eq!(event.seq, first + i as u64, "event {i} out of sequence: {events:?}");
     }
 }
 
@@ -249,10 +205,7 @@ pub fn pids_with(marker: &str) -> Vec<u32> {
 }
 
 pub fn metadata(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: tonic::Code, needle: &str) {
@@ -260,11 +213,7 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: tonic::C
         Ok(value) => panic!("expected {code:?} containing {needle:?}, got Ok({value:?})"),
         Err(status) => {
             assert_eq!(status.code(), code, "status: {status:?}");
-            assert!(
-                status.message().contains(needle),
-                "message {:?} lacks {needle:?}",
-                status.message()
-            );
+            assert!(status.message().contains(needle), "message {:?} lacks {needle:?}", status.message());
         }
     }
 }

@@ -21,19 +21,14 @@ pub enum BrokerError {
 
 impl BrokerError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> BrokerError {
-        BrokerError::InvalidArgument {
-            field: field.into(),
-            message: message.into(),
-        }
+        BrokerError::InvalidArgument { field: field.into(), message: message.into() }
     }
 }
 
 impl From<ProviderError> for BrokerError {
     fn from(error: ProviderError) -> BrokerError {
         match error {
-            ProviderError::InvalidArgument { field, message } => {
-                BrokerError::invalid(field, message)
-            }
+            ProviderError::InvalidArgument { field, message } => BrokerError::invalid(field, message),
             ProviderError::NotFound(message) => BrokerError::NotFound(message),
             ProviderError::TooLarge(message) => BrokerError::ResourceExhausted(message),
             ProviderError::FailedPrecondition(message) => BrokerError::FailedPrecondition(message),

@@ -18,9 +18,7 @@ use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 pub use self::error::BrokerError;
 pub use self::model::validate_env_key;
-use self::model::{
-    CreateSandbox, EndReason, Ended, ProcessView, SandboxView, Signal, StartProcess,
-};
+use self::model::{CreateSandbox, EndReason, Ended, ProcessView, SandboxView, Signal, StartProcess};
 use self::process::ProcessEntry;
 use self::sandbox::SandboxEntry;
 use crate::config::Limits;
@@ -108,12 +106,10 @@ impl Broker {
         };
         let cell = {
             let mut idempotency = self.inner.idempotency.lock().expect("lock poisoned");
-            let entry = idempotency
-                .entry(key.clone())
-                .or_insert_with(|| IdempotentCreate {
-                    request: request.clone(),
-                    sandbox_id: Arc::new(OnceCell::new()),
-                });
+            let entry = idempotency.entry(key.clone()).or_insert_with(|| IdempotentCreate {
+                request: request.clone(),
+                sandbox_id: Arc::new(OnceCell::new()),
+            });
             if entry.request != request {
                 return Err(BrokerError::invalid(
                     "idempotency_key",
@@ -128,10 +124,7 @@ impl Broker {
             Ok(id) => self.get_sandbox(id),
             Err(error) => {
                 let mut idempotency = self.inner.idempotency.lock().expect("lock poisoned");
-                if idempotency
-                    .get(&key)
-                    .is_some_and(|e| e.sandbox_id.get().is_none())
-                {
+                if idempotency.get(&key).is_some_and(|e| e.sandbox_id.get().is_none()) {
                     idempotency.remove(&key);
                 }
                 Err(error)
@@ -141,33 +134,22 @@ impl Broker {
 
     async fn create_new(&self, request: CreateSandbox) -> Result<String, BrokerError> {
         let inner = &self.inner;
-        let template = inner
-            .templates
-            .get(&request.template)
-            .cloned()
-            .ok_or_else(|| {
-                BrokerError::NotFound(format!(
-                    "template {:?} not found; known templates: {}",
-                    request.template,
-                    inner.templates.names().join(", ")
-                ))
-            })?;
+        let template = inner.templates.get(&request.template).cloned().ok_or_else(|| {
+            BrokerError::NotFound(format!(
+                "template {:?} not found; known templates: {}",
+                request.template,
+                inner.templates.names().join(", ")
+            ))
+        })?;
         let timeout = match request.timeout {
             Some(timeout) => timeout,
-            None => template
-                .default_timeout
-                .clamp(inner.limits.min_timeout, inner.limits.max_timeout),
+            None => template.default_timeout.clamp(inner.limits.min_timeout, inner.limits.max_timeout),
         };
         self.reserve_slot()?;
         let sandbox_id = format!("sbx-{}", uuid::Uuid::new_v4().simple());
         let mut env = template.env.clone();
         env.extend(request.env.clone());
-        let spec = SandboxSpec {
-            sandbox_id: sandbox_id.clone(),
-            template,
-            env,
-            metadata: request.metadata.clone(),
-        };
+        let spec = SandboxSpec { sandbox_id: sandbox_id.clone(), template, env, metadata: request.metadata.clone() };
         let handle = match inner.provider.create(spec).await {
             Ok(handle) => handle,
             Err(error) => {
@@ -184,12 +166,7 @@ impl Broker {
             handle,
             timeout,
         ));
-        inner
-            .registry
-            .lock()
-            .expect("lock poisoned")
-            .sandboxes
-            .insert(sandbox_id.clone(), entry.clone());
+        inner.registry.lock().expect("lock poisoned").sandboxes.insert(sandbox_id.clone(), entry.clone());
         tracing::info!(%sandbox_id, template = %entry.template, ?timeout, "sandbox created");
         tokio::spawn(expire_when_due(Arc::downgrade(inner), entry));
         Ok(sandbox_id)
@@ -227,9 +204,7 @@ impl Broker {
     fn running_entry(&self, sandbox_id: &str) -> Result<Arc<SandboxEntry>, BrokerError> {
         let entry = self.entry(sandbox_id)?;
         if !entry.is_running() {
-            return Err(BrokerError::FailedPrecondition(format!(
-                "sandbox {sandbox_id:?} has ended"
-            )));
+            return Err(BrokerError::FailedPrecondition(format!("sandbox {sandbox_id:?} has ended")));
         }
         Ok(entry)
     }
@@ -243,34 +218,19 @@ impl Broker {
         metadata: &std::collections::BTreeMap<String, String>,
         include_ended: bool,
     ) -> Vec<SandboxView> {
-        let entries: Vec<Arc<SandboxEntry>> = self
-            .inner
-            .registry
-            .lock()
-            .expect("lock poisoned")
-            .sandboxes
-            .values()
-            .cloned()
-            .collect();
+        let entries: Vec<Arc<SandboxEntry>> =
+            self.inner.registry.lock().expect("lock poisoned").sandboxes.values().cloned().collect();
         let mut views: Vec<SandboxView> = entries
             .iter()
             .filter(|entry| entry.matches(metadata))
             .map(|entry| entry.view())
             .filter(|view| include_ended || view.ended.is_none())
             .collect();
-        views.sort_by(|a, b| {
-            a.created_at
-                .cmp(&b.created_at)
-                .then_with(|| a.sandbox_id.cmp(&b.sandbox_id))
-        });
+        views.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.sandbox_id.cmp(&b.sandbox_id)));
         views
     }
 
-    pub fn set_timeout(
-        &self,
-        sandbox_id: &str,
-        timeout: Duration,
-    ) -> Result<SandboxView, BrokerError> {
+    pub fn set_timeout(&self, sandbox_id: &str, timeout: Duration) -> Result<SandboxView, BrokerError> {
         self.check_timeout(timeout)?;
         let entry = self.running_entry(sandbox_id)?;
         entry.set_timeout(timeout);
@@ -297,13 +257,7 @@ impl Broker {
     /// Kills the sandbox (whole process trees) and records `KilledByRequest`. Ended: no-op.
     pub async fn kill_sandbox(&self, sandbox_id: &str) -> Result<(), BrokerError> {
         let entry = self.entry(sandbox_id)?;
-        end_sandbox(
-            &self.inner,
-            &entry,
-            EndReason::KilledByRequest,
-            "killed by request".into(),
-        )
-        .await;
+        end_sandbox(&self.inner, &entry, EndReason::KilledByRequest, "killed by request".into()).await;
         Ok(())
     }
 
@@ -314,14 +268,9 @@ impl Broker {
             registry.shutting_down = true;
             registry.sandboxes.values().cloned().collect()
         };
-        let ends = entries.iter().map(|entry| {
-            end_sandbox(
-                &self.inner,
-                entry,
-                EndReason::BrokerShutdown,
-                "broker shut down".into(),
-            )
-        });
+        let ends = entries
+            .iter()
+            .map(|entry| end_sandbox(&self.inner, entry, EndReason::BrokerShutdown, "broker shut down".into()));
         futures_util::future::join_all(ends).await;
     }
 
@@ -342,9 +291,8 @@ impl Broker {
             let process_id = format!("p{}", state.next_process_number);
             state.next_process_number += 1;
             let dir = self.inner.spool_dir.join(sandbox_id).join(&process_id);
-            let spool = Spool::create(dir, self.inner.limits.spool_bytes).map_err(|e| {
-                BrokerError::Unavailable(format!("cannot create output spool: {e}"))
-            })?;
+            let spool = Spool::create(dir, self.inner.limits.spool_bytes)
+                .map_err(|e| BrokerError::Unavailable(format!("cannot create output spool: {e}")))?;
             (process_id, spool)
         };
         let spec = ProcessSpec {
@@ -375,20 +323,12 @@ impl Broker {
             exit_code: Mutex::new(None),
         });
         entry.lock().processes.push(process.clone());
-        tokio::spawn(process::pump(
-            process,
-            started.events,
-            self.inner.redactor.clone(),
-        ));
+        tokio::spawn(process::pump(process, started.events, self.inner.redactor.clone()));
         tracing::info!(%sandbox_id, %process_id, pid = started.pid, "process started");
         Ok((process_id, spool))
     }
 
-    fn process(
-        &self,
-        sandbox_id: &str,
-        process_id: &str,
-    ) -> Result<Arc<ProcessEntry>, BrokerError> {
+    fn process(&self, sandbox_id: &str, process_id: &str) -> Result<Arc<ProcessEntry>, BrokerError> {
         let entry = self.entry(sandbox_id)?;
         if process_id.is_empty() {
             return Err(BrokerError::invalid("process_id", "must not be empty"));
@@ -399,42 +339,23 @@ impl Broker {
             .iter()
             .find(|p| p.id == process_id)
             .cloned()
-            .ok_or_else(|| {
-                BrokerError::NotFound(format!(
-                    "process {process_id:?} not found in sandbox {sandbox_id:?}"
-                ))
-            })
+            .ok_or_else(|| BrokerError::NotFound(format!("process {process_id:?} not found in sandbox {sandbox_id:?}")))
     }
 
     /// The spool to attach to. Works for exited processes and ended sandboxes still remembered.
-    pub fn process_spool(
-        &self,
-        sandbox_id: &str,
-        process_id: &str,
-    ) -> Result<Arc<Spool>, BrokerError> {
+    pub fn process_spool(&self, sandbox_id: &str, process_id: &str) -> Result<Arc<Spool>, BrokerError> {
         Ok(self.process(sandbox_id, process_id)?.spool.clone())
     }
 
-    fn running_process(
-        &self,
-        sandbox_id: &str,
-        process_id: &str,
-    ) -> Result<Arc<ProcessEntry>, BrokerError> {
+    fn running_process(&self, sandbox_id: &str, process_id: &str) -> Result<Arc<ProcessEntry>, BrokerError> {
         let process = self.process(sandbox_id, process_id)?;
         if !process.is_running() {
-            return Err(BrokerError::FailedPrecondition(format!(
-                "process {process_id:?} has exited"
-            )));
+            return Err(BrokerError::FailedPrecondition(format!("process {process_id:?} has exited")));
         }
         Ok(process)
     }
 
-    pub async fn send_input(
-        &self,
-        sandbox_id: &str,
-        process_id: &str,
-        data: Bytes,
-    ) -> Result<(), BrokerError> {
+    pub async fn send_input(&self, sandbox_id: &str, process_id: &str, data: Bytes) -> Result<(), BrokerError> {
         let process = self.running_process(sandbox_id, process_id)?;
         Ok(process.control.write_stdin(data).await?)
     }
@@ -444,12 +365,7 @@ impl Broker {
         Ok(process.control.close_stdin().await?)
     }
 
-    pub async fn signal(
-        &self,
-        sandbox_id: &str,
-        process_id: &str,
-        signal: Signal,
-    ) -> Result<(), BrokerError> {
+    pub async fn signal(&self, sandbox_id: &str, process_id: &str, signal: Signal) -> Result<(), BrokerError> {
         let process = self.running_process(sandbox_id, process_id)?;
         Ok(process.control.signal(signal).await?)
     }
@@ -460,12 +376,7 @@ impl Broker {
         Ok(processes.iter().map(|p| p.view()).collect())
     }
 
-    pub async fn write_file(
-        &self,
-        sandbox_id: &str,
-        path: &WorkspacePath,
-        content: Bytes,
-    ) -> Result<(), BrokerError> {
+    pub async fn write_file(&self, sandbox_id: &str, path: &WorkspacePath, content: Bytes) -> Result<(), BrokerError> {
         let max = self.inner.limits.max_file_bytes;
         if content.len() as u64 > max {
             return Err(BrokerError::ResourceExhausted(format!(
@@ -477,16 +388,9 @@ impl Broker {
         Ok(entry.handle.write_file(path, content).await?)
     }
 
-    pub async fn read_file(
-        &self,
-        sandbox_id: &str,
-        path: &WorkspacePath,
-    ) -> Result<Bytes, BrokerError> {
+    pub async fn read_file(&self, sandbox_id: &str, path: &WorkspacePath) -> Result<Bytes, BrokerError> {
         let entry = self.running_entry(sandbox_id)?;
-        let content = entry
-            .handle
-            .read_file(path, self.inner.limits.max_file_bytes)
-            .await?;
+        let content = entry.handle.read_file(path, self.inner.limits.max_file_bytes).await?;
         // Files are process output too: a secret a process wrote must not leave the broker.
         Ok(match self.inner.redactor.redact_bytes(&content) {
             std::borrow::Cow::Borrowed(_) => content,
@@ -506,12 +410,7 @@ impl Broker {
 }
 
 /// Ends `entry` once: kills its processes, waits for their output to be spooled, records why.
-async fn end_sandbox(
-    inner: &Arc<Inner>,
-    entry: &Arc<SandboxEntry>,
-    reason: EndReason,
-    message: String,
-) {
+async fn end_sandbox(inner: &Arc<Inner>, entry: &Arc<SandboxEntry>, reason: EndReason, message: String) {
     entry
         .end_once
         .get_or_init(|| async {
@@ -526,11 +425,7 @@ async fn end_sandbox(
                 let mut head = process.spool.subscribe();
                 let _ = tokio::time::timeout(PUMP_DRAIN_WAIT, head.wait_for(|h| h.finished)).await;
             }
-            entry.lock().ended = Some(Ended {
-                at: SystemTime::now(),
-                reason,
-                message: message.clone(),
-            });
+            entry.lock().ended = Some(Ended { at: SystemTime::now(), reason, message: message.clone() });
             remember_ended(inner, entry);
             tracing::info!(sandbox_id = %entry.id, ?reason, %message, "sandbox ended");
         })

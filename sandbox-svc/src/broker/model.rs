@@ -96,10 +96,7 @@ pub fn validate_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), B
     for (key, value) in env {
         validate_env_key(key).map_err(|message| BrokerError::invalid(field, message))?;
         if value.contains('\0') {
-            return Err(BrokerError::invalid(
-                field,
-                format!("value of {key:?} contains a NUL byte"),
-            ));
+            return Err(BrokerError::invalid(field, format!("value of {key:?} contains a NUL byte")));
         }
     }
     Ok(())
@@ -108,21 +105,12 @@ pub fn validate_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), B
 /// Bounds the size of a string map from a request.
 pub fn validate_map(field: &str, map: &BTreeMap<String, String>) -> Result<(), BrokerError> {
     if map.len() > MAX_MAP_ENTRIES {
-        return Err(BrokerError::invalid(
-            field,
-            format!("{} entries, at most {MAX_MAP_ENTRIES} allowed", map.len()),
-        ));
+        return Err(BrokerError::invalid(field, format!("{} entries, at most {MAX_MAP_ENTRIES} allowed", map.len())));
     }
-    if let Some((key, _)) = map
-        .iter()
-        .find(|(k, v)| k.len() > MAX_MAP_VALUE_BYTES || v.len() > MAX_MAP_VALUE_BYTES)
-    {
+    if let Some((key, _)) = map.iter().find(|(k, v)| k.len() > MAX_MAP_VALUE_BYTES || v.len() > MAX_MAP_VALUE_BYTES) {
         return Err(BrokerError::invalid(
             field,
-            format!(
-                "entry {:?} is longer than {MAX_MAP_VALUE_BYTES} bytes",
-                truncate(key, 64)
-            ),
+            format!("entry {:?} is longer than {MAX_MAP_VALUE_BYTES} bytes", truncate(key, 64)),
         ));
     }
     Ok(())

@@ -49,11 +49,7 @@ impl ProcessEntry {
 }
 
 /// Moves every provider event into the spool until the process exits, then finishes the spool.
-pub(super) async fn pump(
-    entry: Arc<ProcessEntry>,
-    mut events: mpsc::Receiver<ProviderEvent>,
-    redactor: Redactor,
-) {
+pub(super) async fn pump(entry: Arc<ProcessEntry>, mut events: mpsc::Receiver<ProviderEvent>, redactor: Redactor) {
     let mut stdout = redactor.stream();
     let mut stderr = redactor.stream();
     let append = |body: EventBody| {
@@ -62,8 +58,7 @@ pub(super) async fn pump(
             tracing::error!(process_id = %entry.id, %error, "cannot spool process output");
         }
     };
-    let flush = |stdout: &mut crate::redact::StreamRedactor,
-                 stderr: &mut crate::redact::StreamRedactor| {
+    let flush = |stdout: &mut crate::redact::StreamRedactor, stderr: &mut crate::redact::StreamRedactor| {
         let (out, err) = (stdout.finish(), stderr.finish());
         if !out.is_empty() {
             append(EventBody::Stdout(out));
@@ -75,12 +70,8 @@ pub(super) async fn pump(
     let mut exit = None;
     while let Some(event) = events.recv().await {
         match event {
-            ProviderEvent::Stdout(data) => {
-                append_masked(&append, stdout.push(&data), EventBody::Stdout)
-            }
-            ProviderEvent::Stderr(data) => {
-                append_masked(&append, stderr.push(&data), EventBody::Stderr)
-            }
+            ProviderEvent::Stdout(data) => append_masked(&append, stdout.push(&data), EventBody::Stdout),
+            ProviderEvent::Stderr(data) => append_masked(&append, stderr.push(&data), EventBody::Stderr),
             ProviderEvent::Exited { exit_code, signal } => {
                 exit = Some((exit_code, signal));
                 break;

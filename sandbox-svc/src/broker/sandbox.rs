@@ -92,11 +92,7 @@ impl SandboxEntry {
         SandboxView {
             sandbox_id: self.id.clone(),
             template: self.template.clone(),
-            state: if state.ended.is_some() {
-                SandboxState::Killed
-            } else {
-                SandboxState::Running
-            },
+            state: if state.ended.is_some() { SandboxState::Killed } else { SandboxState::Running },
             created_at: self.created_at,
             expires_at: state.expires_at,
             metadata: self.metadata.clone(),
@@ -106,8 +102,6 @@ impl SandboxEntry {
     }
 
     pub fn matches(&self, filter: &BTreeMap<String, String>) -> bool {
-        filter
-            .iter()
-            .all(|(key, value)| self.metadata.get(key) == Some(value))
+        filter.iter().all(|(key, value)| self.metadata.get(key) == Some(value))
     }
 }

@@ -13,9 +13,7 @@ pub struct BearerAuth {
 
 impl BearerAuth {
     pub fn new(token: Option<&SecretString>) -> BearerAuth {
-        BearerAuth {
-            expected: token.map(|t| format!("Bearer {}", t.expose()).into_bytes()),
-        }
+        BearerAuth { expected: token.map(|t| format!("Bearer {}", t.expose()).into_bytes()) }
     }
 
     pub fn check<T>(&self, request: Request<T>) -> Result<Request<T>, Status> {
@@ -23,9 +21,7 @@ impl BearerAuth {
             return Ok(request);
         };
         let Some(presented) = request.metadata().get("authorization") else {
-            return Err(Status::unauthenticated(
-                "missing `authorization: Bearer <token>` metadata",
-            ));
+            return Err(Status::unauthenticated("missing `authorization: Bearer <token>` metadata"));
         };
         if !constant_time_eq(presented.as_bytes(), expected) {
             return Err(Status::unauthenticated("invalid bearer token"));
@@ -56,9 +52,7 @@ mod tests {
     fn request(header: Option<&str>) -> Request<()> {
         let mut request = Request::new(());
         if let Some(value) = header {
-            request
-                .metadata_mut()
-                .insert("authorization", value.parse().unwrap());
+            request.metadata_mut().insert("authorization", value.parse().unwrap());
         }
         request
     }
@@ -67,12 +61,7 @@ mod tests {
     fn only_the_exact_bearer_token_passes() {
         let auth = BearerAuth::new(Some(&SecretString::new("0123456789abcdef")));
         assert!(auth.check(request(Some("Bearer 0123456789abcdef"))).is_ok());
-        for bad in [
-            None,
-            Some("Bearer 0123456789abcdeX"),
-            Some("0123456789abcdef"),
-            Some("Bearer "),
-        ] {
+        for bad in [None, Some("Bearer 0123456789abcdeX"), Some("0123456789abcdef"), Some("Bearer ")] {
             let status = auth.check(request(bad)).unwrap_err();
             assert_eq!(status.code(), tonic::Code::Unauthenticated, "{bad:?}");
         }

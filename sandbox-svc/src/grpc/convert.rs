@@ -25,50 +25,32 @@ pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
 }
 
 /// A proto Duration as a std one: negative, out-of-range nanos or overflow are rejected.
-pub fn duration(
-    field: &str,
-    value: Option<prost_types::Duration>,
-) -> Result<Option<Duration>, BrokerError> {
+pub fn duration(field: &str, value: Option<prost_types::Duration>) -> Result<Option<Duration>, BrokerError> {
     let Some(value) = value else { return Ok(None) };
     if value.seconds < 0 || value.nanos < 0 {
         return Err(BrokerError::invalid(
             field,
-            format!(
-                "must not be negative (got {}s {}ns)",
-                value.seconds, value.nanos
-            ),
+            format!("must not be negative (got {}s {}ns)", value.seconds, value.nanos),
         ));
     }
     if value.nanos >= 1_000_000_000 {
-        return Err(BrokerError::invalid(
-            field,
-            format!("nanos must be below 1e9 (got {})", value.nanos),
-        ));
+        return Err(BrokerError::invalid(field, format!("nanos must be below 1e9 (got {})", value.nanos)));
     }
     let duration = Duration::new(value.seconds as u64, value.nanos as u32);
-    Ok(if duration.is_zero() {
-        None
-    } else {
-        Some(duration)
-    })
+    Ok(if duration.is_zero() { None } else { Some(duration) })
 }
 
 pub fn label(field: &str, value: String) -> Result<String, BrokerError> {
     if value.len() > MAX_LABEL_BYTES {
         return Err(BrokerError::invalid(
             field,
-            format!(
-                "is {} bytes, at most {MAX_LABEL_BYTES} allowed",
-                value.len()
-            ),
+            format!("is {} bytes, at most {MAX_LABEL_BYTES} allowed", value.len()),
         ));
     }
     Ok(value)
 }
 
-pub fn create_sandbox(
-    request: pb::CreateSandboxRequest,
-) -> Result<model::CreateSandbox, BrokerError> {
+pub fn create_sandbox(request: pb::CreateSandboxRequest) -> Result<model::CreateSandbox, BrokerError> {
     if request.template.is_empty() {
         return Err(BrokerError::invalid("template", "must not be empty"));
     }
@@ -89,16 +71,10 @@ pub fn create_sandbox(
 
 pub fn start_process(request: pb::StartProcessRequest) -> Result<model::StartProcess, BrokerError> {
     if request.argv.is_empty() {
-        return Err(BrokerError::invalid(
-            "argv",
-            "must not be empty: give the program and its arguments",
-        ));
+        return Err(BrokerError::invalid("argv", "must not be empty: give the program and its arguments"));
     }
     if request.argv[0].is_empty() {
-        return Err(BrokerError::invalid(
-            "argv",
-            "argv[0] (the program) must not be empty",
-        ));
+        return Err(BrokerError::invalid("argv", "argv[0] (the program) must not be empty"));
     }
     if request.argv.len() > MAX_ARGV {
         return Err(BrokerError::invalid(
@@ -107,26 +83,15 @@ pub fn start_process(request: pb::StartProcessRequest) -> Result<model::StartPro
         ));
     }
     if let Some(index) = request.argv.iter().position(|arg| arg.contains('\0')) {
-        return Err(BrokerError::invalid(
-            "argv",
-            format!("argv[{index}] contains a NUL byte"),
-        ));
+        return Err(BrokerError::invalid("argv", format!("argv[{index}] contains a NUL byte")));
     }
     let cwd = match request.cwd.as_str() {
         "" | "." => None,
-        raw => Some(
-            WorkspacePath::parse(raw).map_err(|e| BrokerError::invalid("cwd", e.to_string()))?,
-        ),
+        raw => Some(WorkspacePath::parse(raw).map_err(|e| BrokerError::invalid("cwd", e.to_string()))?),
     };
     let env = sorted(request.env);
     model::validate_env("env", &env)?;
-    Ok(model::StartProcess {
-        argv: request.argv,
-        cwd,
-        env,
-        tag: label("tag", request.tag)?,
-        stdin: request.stdin,
-    })
+    Ok(model::StartProcess { argv: request.argv, cwd, env, tag: label("tag", request.tag)?, stdin: request.stdin })
 }
 
 pub fn workspace_path(raw: &str) -> Result<WorkspacePath, BrokerError> {
@@ -143,10 +108,7 @@ pub fn signal(raw: i32) -> Result<Signal, BrokerError> {
             "signal",
             "must be set (SIGNAL_SIGTERM, SIGNAL_SIGKILL, SIGNAL_SIGINT or SIGNAL_SIGHUP)",
         )),
-        Err(_) => Err(BrokerError::invalid(
-            "signal",
-            format!("unknown value {raw}"),
-        )),
+        Err(_) => Err(BrokerError::invalid("signal", format!("unknown value {raw}"))),
     }
 }
 
@@ -200,17 +162,9 @@ pub fn process_event(process_id: &str, event: SpooledEvent) -> pb::ProcessEvent 
         EventBody::Stdout(data) => Event::Stdout(data),
         EventBody::Stderr(data) => Event::Stderr(data),
         EventBody::Exited { exit_code, signal } => Event::Exited(Exited { exit_code, signal }),
-        EventBody::Truncated {
-            first_available_seq,
-        } => Event::Truncated(Truncated {
-            first_available_seq,
-        }),
+        EventBody::Truncated { first_available_seq } => Event::Truncated(Truncated { first_available_seq }),
     };
-    pb::ProcessEvent {
-        process_id: process_id.to_owned(),
-        seq: event.seq,
-        event: Some(event_body),
-    }
+    pb::ProcessEvent { process_id: process_id.to_owned(), seq: event.seq, event: Some(event_body) }
 }
 
 /// The explicit code mapping at the edge. Messages are masked by the caller.
@@ -230,49 +184,18 @@ mod tests {
 
     #[test]
     fn bad_durations_name_the_field() {
-        let negative = prost_types::Duration {
-            seconds: -5,
-            nanos: 0,
-        };
+        let negative = prost_types::Duration { seconds: -5, nanos: 0 };
         let err = duration("timeout", Some(negative)).unwrap_err().to_string();
         assert!(err.starts_with("timeout: must not be negative"), "{err}");
-        let bad_nanos = prost_types::Duration {
-            seconds: 1,
-            nanos: 2_000_000_000,
-        };
-        assert!(
-            duration("timeout", Some(bad_nanos))
-                .unwrap_err()
-                .to_string()
-                .contains("nanos")
-        );
-        assert_eq!(
-            duration(
-                "timeout",
-                Some(prost_types::Duration {
-                    seconds: 0,
-                    nanos: 0
-                })
-            )
-            .unwrap(),
-            None
-        );
+        let bad_nanos = prost_types::Duration { seconds: 1, nanos: 2_000_000_000 };
+        assert!(duration("timeout", Some(bad_nanos)).unwrap_err().to_string().contains("nanos"));
+        assert_eq!(duration("timeout", Some(prost_types::Duration { seconds: 0, nanos: 0 })).unwrap(), None);
     }
 
     #[test]
     fn unknown_and_unset_signals_are_rejected() {
-        assert!(
-            signal(99)
-                .unwrap_err()
-                .to_string()
-                .contains("unknown value 99")
-        );
-        assert!(
-            signal(0)
-                .unwrap_err()
-                .to_string()
-                .starts_with("signal: must be set")
-        );
+        assert!(signal(99).unwrap_err().to_string().contains("unknown value 99"));
+        assert!(signal(0).unwrap_err().to_string().starts_with("signal: must be set"));
         assert_eq!(signal(pb::Signal::Sigkill as i32).unwrap(), Signal::Kill);
     }
 }

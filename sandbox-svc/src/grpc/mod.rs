@@ -28,11 +28,7 @@ impl SandboxGrpc {
 
     /// Logs the full error here, where it is handled, and returns it masked.
     fn status(&self, method: &'static str, error: BrokerError) -> Status {
-        let message = self
-            .broker
-            .redactor()
-            .redact_str(&error.to_string())
-            .into_owned();
+        let message = self.broker.redactor().redact_str(&error.to_string()).into_owned();
         match &error {
             BrokerError::Unavailable(_) => {
                 tracing::warn!(method, error = %message, "request failed")
@@ -49,13 +45,7 @@ impl SandboxGrpc {
         after_seq: u64,
     ) -> Result<EventStream, BrokerError> {
         let permit = self.broker.stream_permit()?;
-        Ok(Box::pin(stream::follow(
-            spool,
-            process_id,
-            after_seq,
-            permit,
-            self.shutdown.clone(),
-        )))
+        Ok(Box::pin(stream::follow(spool, process_id, after_seq, permit, self.shutdown.clone())))
     }
 }
 
@@ -70,32 +60,23 @@ impl SandboxService for SandboxGrpc {
         let status = |e| self.status("CreateSandbox", e);
         let create = convert::create_sandbox(request.into_inner()).map_err(status)?;
         let view = self.broker.create_sandbox(create).await.map_err(status)?;
-        Ok(Response::new(pb::CreateSandboxResponse {
-            sandbox: Some(convert::sandbox(view)),
-        }))
+        Ok(Response::new(pb::CreateSandboxResponse { sandbox: Some(convert::sandbox(view)) }))
     }
 
     async fn get_sandbox(
         &self,
         request: Request<pb::GetSandboxRequest>,
     ) -> Result<Response<pb::GetSandboxResponse>, Status> {
-        let view = self
-            .broker
-            .get_sandbox(&request.into_inner().sandbox_id)
-            .map_err(|e| self.status("GetSandbox", e))?;
-        Ok(Response::new(pb::GetSandboxResponse {
-            sandbox: Some(convert::sandbox(view)),
-        }))
+        let view =
+            self.broker.get_sandbox(&request.into_inner().sandbox_id).map_err(|e| self.status("GetSandbox", e))?;
+        Ok(Response::new(pb::GetSandboxResponse { sandbox: Some(convert::sandbox(view)) }))
     }
 
     async fn kill_sandbox(
         &self,
         request: Request<pb::KillSandboxRequest>,
     ) -> Result<Response<pb::KillSandboxResponse>, Status> {
-        self.broker
-            .kill_sandbox(&request.into_inner().sandbox_id)
-            .await
-            .map_err(|e| self.status("KillSandbox", e))?;
+        self.broker.kill_sandbox(&request.into_inner().sandbox_id).await.map_err(|e| self.status("KillSandbox", e))?;
         Ok(Response::new(pb::KillSandboxResponse {}))
     }
 
@@ -106,9 +87,7 @@ impl SandboxService for SandboxGrpc {
         let request = request.into_inner();
         let filter = convert::sorted(request.metadata);
         let views = self.broker.list_sandboxes(&filter, request.include_ended);
-        Ok(Response::new(pb::ListSandboxesResponse {
-            sandboxes: views.into_iter().map(convert::sandbox).collect(),
-        }))
+        Ok(Response::new(pb::ListSandboxesResponse { sandboxes: views.into_iter().map(convert::sandbox).collect() }))
     }
 
     async fn set_sandbox_timeout(
@@ -118,43 +97,23 @@ impl SandboxService for SandboxGrpc {
         let status = |e| self.status("SetSandboxTimeout", e);
         let request = request.into_inner();
         let timeout = convert::duration("timeout", request.timeout)
-            .and_then(|t| {
-                t.ok_or_else(|| BrokerError::invalid("timeout", "must be set and positive"))
-            })
+            .and_then(|t| t.ok_or_else(|| BrokerError::invalid("timeout", "must be set and positive")))
             .map_err(status)?;
-        let view = self
-            .broker
-            .set_timeout(&request.sandbox_id, timeout)
-            .map_err(status)?;
-        Ok(Response::new(pb::SetSandboxTimeoutResponse {
-            sandbox: Some(convert::sandbox(view)),
-        }))
+        let view = self.broker.set_timeout(&request.sandbox_id, timeout).map_err(status)?;
+        Ok(Response::new(pb::SetSandboxTimeoutResponse { sandbox: Some(convert::sandbox(view)) }))
     }
 
     type StartProcessStream = EventStream;
 
-    async fn start_process(
-        &self,
-        request: Request<pb::StartProcessRequest>,
-    ) -> Result<Response<EventStream>, Status> {
+    async fn start_process(&self, request: Request<pb::StartProcessRequest>) -> Result<Response<EventStream>, Status> {
         let status = |e| self.status("StartProcess", e);
         let request = request.into_inner();
         let sandbox_id = request.sandbox_id.clone();
         let start = convert::start_process(request).map_err(status)?;
         // Take the stream permit first: a process must not start if its stream cannot be served.
         let permit = self.broker.stream_permit().map_err(status)?;
-        let (process_id, spool) = self
-            .broker
-            .start_process(&sandbox_id, start)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(Box::pin(stream::follow(
-            spool,
-            process_id,
-            0,
-            permit,
-            self.shutdown.clone(),
-        ))))
+        let (process_id, spool) = self.broker.start_process(&sandbox_id, start).await.map_err(status)?;
+        Ok(Response::new(Box::pin(stream::follow(spool, process_id, 0, permit, self.shutdown.clone()))))
     }
 
     type AttachProcessStream = EventStream;
@@ -165,13 +124,8 @@ impl SandboxService for SandboxGrpc {
     ) -> Result<Response<EventStream>, Status> {
         let status = |e| self.status("AttachProcess", e);
         let request = request.into_inner();
-        let spool = self
-            .broker
-            .process_spool(&request.sandbox_id, &request.process_id)
-            .map_err(status)?;
-        let stream = self
-            .open_stream(spool, request.process_id, request.after_seq)
-            .map_err(status)?;
+        let spool = self.broker.process_spool(&request.sandbox_id, &request.process_id).map_err(status)?;
+        let stream = self.open_stream(spool, request.process_id, request.after_seq).map_err(status)?;
         Ok(Response::new(stream))
     }
 
@@ -206,10 +160,7 @@ impl SandboxService for SandboxGrpc {
         let status = |e| self.status("SignalProcess", e);
         let request = request.into_inner();
         let signal = convert::signal(request.signal).map_err(status)?;
-        self.broker
-            .signal(&request.sandbox_id, &request.process_id, signal)
-            .await
-            .map_err(status)?;
+        self.broker.signal(&request.sandbox_id, &request.process_id, signal).await.map_err(status)?;
         Ok(Response::new(pb::SignalProcessResponse {}))
     }
 
@@ -233,25 +184,15 @@ impl SandboxService for SandboxGrpc {
         let status = |e| self.status("WriteFile", e);
         let request = request.into_inner();
         let path = convert::workspace_path(&request.path).map_err(status)?;
-        self.broker
-            .write_file(&request.sandbox_id, &path, request.content)
-            .await
-            .map_err(status)?;
+        self.broker.write_file(&request.sandbox_id, &path, request.content).await.map_err(status)?;
         Ok(Response::new(pb::WriteFileResponse {}))
     }
 
-    async fn read_file(
-        &self,
-        request: Request<pb::ReadFileRequest>,
-    ) -> Result<Response<pb::ReadFileResponse>, Status> {
+    async fn read_file(&self, request: Request<pb::ReadFileRequest>) -> Result<Response<pb::ReadFileResponse>, Status> {
         let status = |e| self.status("ReadFile", e);
         let request = request.into_inner();
         let path = convert::workspace_path(&request.path).map_err(status)?;
-        let content = self
-            .broker
-            .read_file(&request.sandbox_id, &path)
-            .await
-            .map_err(status)?;
+        let content = self.broker.read_file(&request.sandbox_id, &path).await.map_err(status)?;
         Ok(Response::new(pb::ReadFileResponse { content }))
     }
 }

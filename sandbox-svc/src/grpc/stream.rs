@@ -35,9 +35,7 @@ pub fn follow(
             let finished = head.borrow_and_update().finished;
             if let Err(error) = reader.read_available(&mut batch) {
                 tracing::error!(%process_id, %error, "reading the output spool failed");
-                let _ = tx
-                    .send(Err(Status::internal("reading the output spool failed")))
-                    .await;
+                let _ = tx.send(Err(Status::internal("reading the output spool failed"))).await;
                 return;
             }
             if batch.is_empty() {
@@ -55,11 +53,7 @@ pub fn follow(
                 continue;
             }
             for event in batch.drain(..) {
-                if tx
-                    .send(Ok(convert::process_event(&process_id, event)))
-                    .await
-                    .is_err()
-                {
+                if tx.send(Ok(convert::process_event(&process_id, event))).await.is_err() {
                     return;
                 }
             }

@@ -84,10 +84,7 @@ pub struct StartedProcess {
 pub enum ProviderError {
     /// The request named something invalid for this sandbox (e.g. a cwd that does not exist).
     #[error("{field}: {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
+    InvalidArgument { field: &'static str, message: String },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -121,8 +118,7 @@ pub trait ProviderSandbox: Send + Sync {
     async fn write_file(&self, path: &WorkspacePath, content: Bytes) -> Result<(), ProviderError>;
 
     /// Reads the file at `path`; refuses files larger than `max_bytes` and paths resolving outside.
-    async fn read_file(&self, path: &WorkspacePath, max_bytes: u64)
-    -> Result<Bytes, ProviderError>;
+    async fn read_file(&self, path: &WorkspacePath, max_bytes: u64) -> Result<Bytes, ProviderError>;
 
     /// Ends every process in the sandbox, whole process trees included, and releases the
     /// sandbox's resources. Returns once no process of the sandbox is left. Idempotent.

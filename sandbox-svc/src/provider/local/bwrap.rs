@@ -31,10 +31,7 @@ impl RootLayout {
         let mut entries = Vec::new();
         for entry in std::fs::read_dir("/")? {
             let path = entry?.path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             // Mounted fresh (proc, dev, tmp) or never exposed (the host's own workspace dir).
             if matches!(name, "proc" | "dev" | "tmp" | "workspace") {
                 continue;
@@ -68,26 +65,11 @@ impl BwrapInvocation<'_> {
         let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
             args.extend(items.iter().map(|item| item.as_ref().to_owned()));
         };
-        push(&[
-            &"--die-with-parent",
-            &"--unshare-user",
-            &"--unshare-pid",
-            &"--unshare-ipc",
-            &"--unshare-uts",
-        ]);
+        push(&[&"--die-with-parent", &"--unshare-user", &"--unshare-pid", &"--unshare-ipc", &"--unshare-uts"]);
         if !self.network {
             push(&[&"--unshare-net"]);
         }
-        push(&[
-            &"--uid",
-            &SANDBOX_UID,
-            &"--gid",
-            &SANDBOX_UID,
-            &"--cap-drop",
-            &"ALL",
-            &"--hostname",
-            &"sandbox",
-        ]);
+        push(&[&"--uid", &SANDBOX_UID, &"--gid", &SANDBOX_UID, &"--cap-drop", &"ALL", &"--hostname", &"sandbox"]);
         for (path, target) in &self.layout.entries {
             match target {
                 Some(target) => push(&[&"--symlink", target, path]),
@@ -120,10 +102,8 @@ pub fn process_env(
     sandbox_env: &BTreeMap<String, String>,
     request_env: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::from([
-        ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
-        ("HOME".to_owned(), WORKSPACE_MOUNT.to_owned()),
-    ]);
+    let mut env =
+        BTreeMap::from([("PATH".to_owned(), DEFAULT_PATH.to_owned()), ("HOME".to_owned(), WORKSPACE_MOUNT.to_owned())]);
     env.extend(sandbox_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(request_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env
@@ -136,16 +116,10 @@ mod tests {
     #[test]
     fn isolation_flags_and_declared_env_only() {
         let layout = RootLayout {
-            entries: vec![
-                ("/usr".into(), None),
-                ("/bin".into(), Some("usr/bin".into())),
-            ],
+            entries: vec![("/usr".into(), None), ("/bin".into(), Some("usr/bin".into()))],
             hidden: vec!["/root".into()],
         };
-        let env = process_env(
-            &BTreeMap::from([("A".into(), "1".into())]),
-            &BTreeMap::from([("A".into(), "2".into())]),
-        );
+        let env = process_env(&BTreeMap::from([("A".into(), "1".into())]), &BTreeMap::from([("A".into(), "2".into())]));
         let invocation = BwrapInvocation {
             layout: &layout,
             workspace: Path::new("/data/ws/sbx"),
@@ -154,11 +128,7 @@ mod tests {
             env: &env,
             argv: &["echo".into(), "hi".into()],
         };
-        let args: Vec<String> = invocation
-            .args()
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
+        let args: Vec<String> = invocation.args().into_iter().map(|a| a.into_string().unwrap()).collect();
         let joined = args.join(" ");
         for expected in [
             "--unshare-user --unshare-pid --unshare-ipc --unshare-uts --unshare-net",
@@ -172,15 +142,9 @@ mod tests {
             "--setenv A 2",
             "-- echo hi",
         ] {
-            assert!(
-                joined.contains(expected),
-                "missing {expected:?} in {joined}"
-            );
+            assert!(joined.contains(expected), "missing {expected:?} in {joined}");
         }
-        let with_network = BwrapInvocation {
-            network: true,
-            ..invocation
-        };
+        let with_network = BwrapInvocation { network: true, ..invocation };
         assert!(!with_network.args().iter().any(|a| a == "--unshare-net"));
     }
 }

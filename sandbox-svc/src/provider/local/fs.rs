@@ -25,8 +25,7 @@ struct OpenHow {
 }
 
 fn open_beneath(root: &File, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let c_path =
-        CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
         mode: mode as u64,
@@ -52,24 +51,17 @@ fn open_beneath(root: &File, path: &Path, flags: i32, mode: u32) -> io::Result<O
 fn map_error(field: &'static str, path: &WorkspacePath, error: io::Error) -> ProviderError {
     let invalid = |message: String| ProviderError::InvalidArgument { field, message };
     match error.raw_os_error() {
-        Some(libc::EXDEV) | Some(libc::ELOOP) => {
-            invalid(format!("{path:?} resolves outside the sandbox workspace"))
-        }
-        Some(libc::ENOENT) => {
-            ProviderError::NotFound(format!("{field}: {path:?} does not exist in the workspace"))
-        }
+        Some(libc::EXDEV) | Some(libc::ELOOP) => invalid(format!("{path:?} resolves outside the sandbox workspace")),
+        Some(libc::ENOENT) => ProviderError::NotFound(format!("{field}: {path:?} does not exist in the workspace")),
         Some(libc::EISDIR) => invalid(format!("{path:?} is a directory")),
         Some(libc::ENOTDIR) => invalid(format!("{path:?}: a parent is not a directory")),
-        Some(libc::ENOSPC) => {
-            ProviderError::TooLarge(format!("{field}: no space left for {path:?}"))
-        }
+        Some(libc::ENOSPC) => ProviderError::TooLarge(format!("{field}: no space left for {path:?}")),
         _ => ProviderError::Unavailable(format!("{field}: {path:?}: {error}")),
     }
 }
 
 fn open_root(workspace: &Path) -> Result<File, ProviderError> {
-    File::open(workspace)
-        .map_err(|e| ProviderError::Unavailable(format!("workspace unavailable: {e}")))
+    File::open(workspace).map_err(|e| ProviderError::Unavailable(format!("workspace unavailable: {e}")))
 }
 
 /// Creates each missing parent of `path` one level at a time, never following a symlink out.
@@ -79,11 +71,7 @@ fn create_parents(root: &File, path: &WorkspacePath) -> Result<(), ProviderError
     };
     let mut prefix = std::path::PathBuf::new();
     for component in parent.components() {
-        let above = if prefix.as_os_str().is_empty() {
-            None
-        } else {
-            Some(prefix.clone())
-        };
+        let above = if prefix.as_os_str().is_empty() { None } else { Some(prefix.clone()) };
         prefix.push(component);
         match open_beneath(root, &prefix, libc::O_DIRECTORY | libc::O_PATH, 0) {
             Ok(_) => continue,
@@ -93,10 +81,7 @@ fn create_parents(root: &File, path: &WorkspacePath) -> Result<(), ProviderError
         let dir = match &above {
             Some(above) => open_beneath(root, above, libc::O_DIRECTORY | libc::O_PATH, 0)
                 .map_err(|e| map_error("path", path, e))?,
-            None => root
-                .try_clone()
-                .map_err(|e| map_error("path", path, e))?
-                .into(),
+            None => root.try_clone().map_err(|e| map_error("path", path, e))?.into(),
         };
         let name = CString::new(component.as_os_str().as_bytes()).expect("validated: no NUL");
         // SAFETY: valid dirfd and NUL-terminated single component (mkdirat never follows it).
@@ -110,40 +95,22 @@ fn create_parents(root: &File, path: &WorkspacePath) -> Result<(), ProviderError
     Ok(())
 }
 
-pub fn write_file(
-    workspace: &Path,
-    path: &WorkspacePath,
-    content: &[u8],
-) -> Result<(), ProviderError> {
+pub fn write_file(workspace: &Path, path: &WorkspacePath, content: &[u8]) -> Result<(), ProviderError> {
     let root = open_root(workspace)?;
     create_parents(&root, path)?;
-    let fd = open_beneath(
-        &root,
-        path.as_path(),
-        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
-        0o644,
-    )
-    .map_err(|e| map_error("path", path, e))?;
+    let fd = open_beneath(&root, path.as_path(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644)
+        .map_err(|e| map_error("path", path, e))?;
     let mut file = File::from(fd);
     io::Write::write_all(&mut file, content).map_err(|e| map_error("content", path, e))
 }
 
-pub fn read_file(
-    workspace: &Path,
-    path: &WorkspacePath,
-    max_bytes: u64,
-) -> Result<Bytes, ProviderError> {
+pub fn read_file(workspace: &Path, path: &WorkspacePath, max_bytes: u64) -> Result<Bytes, ProviderError> {
     let root = open_root(workspace)?;
-    let fd = open_beneath(&root, path.as_path(), libc::O_RDONLY, 0)
-        .map_err(|e| map_error("path", path, e))?;
+    let fd = open_beneath(&root, path.as_path(), libc::O_RDONLY, 0).map_err(|e| map_error("path", path, e))?;
     let file = File::from(fd);
     let metadata = file.metadata().map_err(|e| map_error("path", path, e))?;
     if metadata.is_dir() {
-        return Err(map_error(
-            "path",
-            path,
-            io::Error::from_raw_os_error(libc::EISDIR),
-        ));
+        return Err(map_error("path", path, io::Error::from_raw_os_error(libc::EISDIR)));
     }
     let too_large = |size: u64| {
         ProviderError::TooLarge(format!(
@@ -155,9 +122,7 @@ pub fn read_file(
     }
     // The file may grow while we read: never read more than the limit.
     let mut content = Vec::with_capacity(metadata.len() as usize);
-    file.take(max_bytes + 1)
-        .read_to_end(&mut content)
-        .map_err(|e| map_error("path", path, e))?;
+    file.take(max_bytes + 1).read_to_end(&mut content).map_err(|e| map_error("path", path, e))?;
     if content.len() as u64 > max_bytes {
         return Err(too_large(content.len() as u64));
     }
@@ -167,15 +132,15 @@ pub fn read_file(
 /// Checks that `cwd` is a directory inside the workspace.
 pub fn check_directory(workspace: &Path, cwd: &WorkspacePath) -> Result<(), ProviderError> {
     let root = open_root(workspace)?;
-    open_beneath(&root, cwd.as_path(), libc::O_DIRECTORY | libc::O_PATH, 0)
-        .map(drop)
-        .map_err(|e| match map_error("cwd", cwd, e) {
+    open_beneath(&root, cwd.as_path(), libc::O_DIRECTORY | libc::O_PATH, 0).map(drop).map_err(|e| {
+        match map_error("cwd", cwd, e) {
             ProviderError::NotFound(_) => ProviderError::InvalidArgument {
                 field: "cwd",
                 message: format!("{cwd:?} is not a directory in the workspace"),
             },
             other => other,
-        })
+        }
+    })
 }
 
 #[cfg(test)]
@@ -190,18 +155,9 @@ mod tests {
     fn writes_and_reads_with_parents_created() {
         let dir = tempfile::tempdir().unwrap();
         write_file(dir.path(), &path("a/b/c.txt"), b"hello").unwrap();
-        assert_eq!(
-            read_file(dir.path(), &path("a/b/c.txt"), 100).unwrap(),
-            Bytes::from_static(b"hello")
-        );
-        assert!(matches!(
-            read_file(dir.path(), &path("a/b/c.txt"), 4),
-            Err(ProviderError::TooLarge(_))
-        ));
-        assert!(matches!(
-            read_file(dir.path(), &path("nope"), 4),
-            Err(ProviderError::NotFound(_))
-        ));
+        assert_eq!(read_file(dir.path(), &path("a/b/c.txt"), 100).unwrap(), Bytes::from_static(b"hello"));
+        assert!(matches!(read_file(dir.path(), &path("a/b/c.txt"), 4), Err(ProviderError::TooLarge(_))));
+        assert!(matches!(read_file(dir.path(), &path("nope"), 4), Err(ProviderError::NotFound(_))));
     }
 
     #[test]
@@ -209,35 +165,22 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), "top secret").unwrap();
         let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("abs-link"))
-            .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("abs-link")).unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("dir-link")).unwrap();
         std::os::unix::fs::symlink("../../..", dir.path().join("rel-link")).unwrap();
         for bad in ["abs-link", "dir-link/secret", "rel-link/etc/passwd"] {
             let err = read_file(dir.path(), &path(bad), 1 << 20).unwrap_err();
-            assert!(
-                err.to_string().contains("outside the sandbox workspace"),
-                "{bad}: {err}"
-            );
+            assert!(err.to_string().contains("outside the sandbox workspace"), "{bad}: {err}");
         }
         for bad in ["abs-link", "dir-link/new", "dir-link/deeper/new"] {
             let err = write_file(dir.path(), &path(bad), b"x").unwrap_err();
-            assert!(
-                err.to_string().contains("outside the sandbox workspace"),
-                "{bad}: {err}"
-            );
+            assert!(err.to_string().contains("outside the sandbox workspace"), "{bad}: {err}");
         }
-        assert_eq!(
-            std::fs::read_to_string(outside.path().join("secret")).unwrap(),
-            "top secret"
-        );
+        assert_eq!(std::fs::read_to_string(outside.path().join("secret")).unwrap(), "top secret");
         assert!(!outside.path().join("new").exists() && !outside.path().join("deeper").exists());
         // A symlink that stays inside is fine.
         std::os::unix::fs::symlink("a", dir.path().join("inside-link")).unwrap();
         write_file(dir.path(), &path("a/f"), b"ok").unwrap();
-        assert_eq!(
-            read_file(dir.path(), &path("inside-link/f"), 10).unwrap(),
-            Bytes::from_static(b"ok")
-        );
+        assert_eq!(read_file(dir.path(), &path("inside-link/f"), 10).unwrap(), Bytes::from_static(b"ok"));
     }
 }

@@ -22,9 +22,7 @@ pub use bwrap::{DEFAULT_PATH, WORKSPACE_MOUNT};
 
 use self::bwrap::{BwrapInvocation, RootLayout, process_env};
 use self::process::TrackedProcess;
-use crate::provider::{
-    ProcessSpec, ProviderError, ProviderSandbox, SandboxProvider, SandboxSpec, StartedProcess,
-};
+use crate::provider::{ProcessSpec, ProviderError, ProviderSandbox, SandboxProvider, SandboxSpec, StartedProcess};
 use crate::workspace_path::WorkspacePath;
 
 /// How long `kill` waits for killed processes to be reaped before reporting failure.
@@ -50,10 +48,7 @@ pub enum LocalProviderError {
     #[error("bubblewrap is installed but cannot create a sandbox here: {0}")]
     BubblewrapBroken(String),
     #[error("cannot prepare {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 pub struct LocalProvider {
@@ -69,17 +64,12 @@ impl LocalProvider {
         hidden: &[PathBuf],
         unsafe_no_isolation: bool,
     ) -> Result<LocalProvider, LocalProviderError> {
-        std::fs::create_dir_all(&workspaces_dir).map_err(|source| LocalProviderError::Io {
-            path: workspaces_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&workspaces_dir)
+            .map_err(|source| LocalProviderError::Io { path: workspaces_dir.clone(), source })?;
         let isolation = match find_on_path("bwrap") {
             Some(program) => {
-                let layout =
-                    RootLayout::from_host(hidden).map_err(|source| LocalProviderError::Io {
-                        path: "/".into(),
-                        source,
-                    })?;
+                let layout = RootLayout::from_host(hidden)
+                    .map_err(|source| LocalProviderError::Io { path: "/".into(), source })?;
                 check_bubblewrap(&program, &layout, &workspaces_dir)?;
                 Isolation::Bubblewrap { program, layout }
             }
@@ -91,10 +81,7 @@ impl LocalProvider {
             }
             None => return Err(LocalProviderError::BubblewrapMissing),
         };
-        Ok(LocalProvider {
-            workspaces_dir,
-            isolation,
-        })
+        Ok(LocalProvider { workspaces_dir, isolation })
     }
 
     pub fn isolation(&self) -> &Isolation {
@@ -104,17 +91,11 @@ impl LocalProvider {
 
 fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
 
 /// Runs `true` in a sandbox once, so a broken setup fails at start, not on the first request.
-fn check_bubblewrap(
-    program: &Path,
-    layout: &RootLayout,
-    workspaces_dir: &Path,
-) -> Result<(), LocalProviderError> {
+fn check_bubblewrap(program: &Path, layout: &RootLayout, workspaces_dir: &Path) -> Result<(), LocalProviderError> {
     let env = process_env(&BTreeMap::new(), &BTreeMap::new());
     let invocation = BwrapInvocation {
         layout,
@@ -129,9 +110,7 @@ fn check_bubblewrap(
         .output()
         .map_err(|e| LocalProviderError::BubblewrapBroken(e.to_string()))?;
     if !output.status.success() {
-        return Err(LocalProviderError::BubblewrapBroken(
-            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        ));
+        return Err(LocalProviderError::BubblewrapBroken(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
     }
     Ok(())
 }
@@ -173,7 +152,14 @@ struct LocalSandbox {
 impl LocalSandbox {
     fn command(&self, spec: &ProcessSpec) -> Command {
         let env = process_env(&self.env, &spec.env);
-        Command::from(isolated_command(&self.isolation, &self.workspace, self.network, spec.cwd.as_ref(), &env, &spec.argv))
+        Command::from(isolated_command(
+            &self.isolation,
+            &self.workspace,
+            self.network,
+            spec.cwd.as_ref(),
+            &env,
+            &spec.argv,
+        ))
     }
 }
 
@@ -196,7 +182,8 @@ fn isolated_command(
 ) -> std::process::Command {
     match isolation {
         Isolation::Bubblewrap { program, layout } => {
-            let invocation = BwrapInvocation { layout, workspace, cwd: cwd.map(WorkspacePath::as_path), network, env, argv };
+            let invocation =
+                BwrapInvocation { layout, workspace, cwd: cwd.map(WorkspacePath::as_path), network, env, argv };
             let mut command = std::process::Command::new(program);
             command.args(invocation.args()).env_clear();
             command
@@ -222,9 +209,7 @@ impl ProviderSandbox for LocalSandbox {
         // Spawn under the lock `kill` takes, so no process can start after kill collected them.
         let mut processes = self.processes.lock().expect("lock poisoned");
         if self.killed.load(Ordering::SeqCst) {
-            return Err(ProviderError::FailedPrecondition(
-                "sandbox was killed".into(),
-            ));
+            return Err(ProviderError::FailedPrecondition("sandbox was killed".into()));
         }
         let (started, tracked) = process::spawn(self.command(&spec), spec.stdin)?;
         // Drop bookkeeping for processes that are gone, so the list stays bounded by live ones.
@@ -240,11 +225,7 @@ impl ProviderSandbox for LocalSandbox {
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?
     }
 
-    async fn read_file(
-        &self,
-        path: &WorkspacePath,
-        max_bytes: u64,
-    ) -> Result<Bytes, ProviderError> {
+    async fn read_file(&self, path: &WorkspacePath, max_bytes: u64) -> Result<Bytes, ProviderError> {
         let (workspace, path) = (self.workspace.clone(), path.clone());
         tokio::task::spawn_blocking(move || fs::read_file(&workspace, &path, max_bytes))
             .await
@@ -264,26 +245,15 @@ impl ProviderSandbox for LocalSandbox {
                 .collect()
         };
         for mut done in waits {
-            if tokio::time::timeout(KILL_WAIT, done.wait_for(|done| *done))
-                .await
-                .is_err()
-            {
-                return Err(ProviderError::Unavailable(
-                    "a killed process did not exit within 10s".into(),
-                ));
+            if tokio::time::timeout(KILL_WAIT, done.wait_for(|done| *done)).await.is_err() {
+                return Err(ProviderError::Unavailable("a killed process did not exit within 10s".into()));
             }
         }
         let workspace = self.workspace.clone();
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workspace))
             .await
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?
-            .or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
+            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
             .map_err(|e| ProviderError::Unavailable(format!("cannot remove workspace: {e}")))
     }
 }
