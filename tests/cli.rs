@@ -131,6 +131,8 @@ fn traceparent_from_the_caller_reaches_the_logs() {
         client.list_sandboxes(request).await.unwrap();
         client.create_sandbox(create).await.unwrap();
     });
+    // Close the client's connection: a runtime that is no longer polled cannot answer GOAWAY.
+    drop(runtime);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(up.child.id() as i32, libc::SIGTERM) };
     wait_exit(&mut up.child, Duration::from_secs(15));
@@ -226,6 +228,8 @@ fn spans_are_exported_over_otlp_with_the_callers_trace_id() {
         request.metadata_mut().insert("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01").parse().unwrap());
         client.list_sandboxes(request).await.unwrap();
     });
+    // Close the client's connection: a runtime that is no longer polled cannot answer GOAWAY.
+    drop(runtime);
     // SAFETY: signalling our own child; shutdown flushes the exporter.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = wait_exit(&mut child, Duration::from_secs(15));

@@ -7,12 +7,17 @@
 //!
 //! Layout: `<dir>/<n>.seg`, each a run of records `[seq u64][kind u8][pad 3][len u32][payload]`
 //! (little endian). Segments roll at `segment_bytes`; when the total passes the limit the oldest
-//! segment is deleted (a reader holding it open finishes it first) and readers that ask for
+//! segment is dropped (a reader holding it open finishes it first) and readers that ask for
 //! what is gone get a `Truncated` event first.
+//!
+//! Two things keep a fast writer cheap. A dropped segment nobody reads is recycled: its file is
+//! overwritten in place, because writing over cached pages costs a fraction of allocating fresh
+//! ones. And the newest events also stay in a small in-memory window, so readers that keep up
+//! (the usual live case) are served from memory and never read the file back.
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +30,9 @@ const HEADER_LEN: usize = 16;
 /// Most bytes one `SpoolReader::read_available` call pulls from disk (one record may exceed it).
 /// Bounds the memory a reader holds per batch.
 const READ_BATCH_BYTES: u64 = 256 << 10;
+/// Payload bytes of the newest events kept in memory per spool for readers that keep up
+/// (at most an eighth of the spool). Bounds the spool's heap use.
+const RECENT_WINDOW_BYTES: u64 = 128 << 10;
 
 /// What a process did, as stored and as replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +80,18 @@ struct SpoolState {
     total_bytes: u64,
     next_seq: u64,
     next_segment_number: u64,
+    /// One dropped segment's file, kept to be overwritten by the next segment.
+    spare: Option<(File, PathBuf)>,
+    /// The newest events, oldest first; bounded by `recent_limit` payload bytes.
+    recent: VecDeque<RecentEvent>,
+    recent_bytes: u64,
+}
+
+struct RecentEvent {
+    event: SpooledEvent,
+    /// Where the record ends on disk: a reader leaving the window resumes there.
+    segment_first_seq: u64,
+    end_offset: u64,
 }
 
 /// One process's spool. Cheap to share (`Arc`).
@@ -79,12 +99,14 @@ pub struct Spool {
     dir: PathBuf,
     limit_bytes: u64,
     segment_bytes: u64,
+    recent_limit: u64,
     state: Mutex<SpoolState>,
     head: watch::Sender<SpoolHead>,
 }
 
 impl Spool {
-    /// Creates `dir` and an empty spool holding at most about `limit_bytes` of records.
+    /// Creates `dir` and an empty spool holding at most about `limit_bytes` of records (its
+    /// files take at most `limit_bytes` plus two segments of disk).
     pub fn create(dir: PathBuf, limit_bytes: u64) -> io::Result<Arc<Spool>> {
         std::fs::create_dir_all(&dir)?;
         // Eight segments: eviction drops at most an eighth of the history at a time.
@@ -93,11 +115,15 @@ impl Spool {
             dir,
             limit_bytes,
             segment_bytes,
+            recent_limit: RECENT_WINDOW_BYTES.min(limit_bytes / 8),
             state: Mutex::new(SpoolState {
                 segments: VecDeque::new(),
                 total_bytes: 0,
                 next_seq: 1,
                 next_segment_number: 0,
+                spare: None,
+                recent: VecDeque::new(),
+                recent_bytes: 0,
             }),
             head: watch::Sender::new(SpoolHead::default()),
         }))
@@ -146,10 +172,12 @@ impl Spool {
         header[..8].copy_from_slice(&seq.to_le_bytes());
         header[8] = kind;
         header[12..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        write_all_vectored(&segment.file, &mut [IoSlice::new(&header), IoSlice::new(&payload)])?;
-        segment.len.fetch_add(record_len, Ordering::Release);
+        let offset = segment.len.load(Ordering::Relaxed);
+        write_all_at(&segment.file, &header, &payload, offset)?;
+        segment.len.store(offset + record_len, Ordering::Release);
         state.total_bytes += record_len;
         state.next_seq = seq + 1;
+        self.remember_recent(&mut state, SpooledEvent { seq, body: body.clone() }, &segment, offset + record_len);
         self.evict_oldest(&mut state);
         drop(state);
         self.head.send_modify(|head| head.last_seq = seq);
@@ -166,6 +194,9 @@ impl Spool {
     pub fn remove(&self) {
         let mut state = self.state.lock().expect("spool lock poisoned");
         state.segments.clear();
+        state.spare = None;
+        state.recent.clear();
+        state.recent_bytes = 0;
         state.total_bytes = 0;
         drop(state);
         if let Err(error) = std::fs::remove_dir_all(&self.dir)
@@ -177,12 +208,17 @@ impl Spool {
 
     /// A reader positioned after `after_seq`.
     pub fn reader(self: &Arc<Self>, after_seq: u64) -> SpoolReader {
-        SpoolReader { spool: self.clone(), next_seq: after_seq + 1, current: None }
+        SpoolReader { spool: self.clone(), next_seq: after_seq + 1, current: None, resume_at: None }
     }
 
     fn open_segment(&self, state: &mut SpoolState, first_seq: u64) -> io::Result<()> {
-        let path = self.dir.join(format!("{:06}.seg", state.next_segment_number));
-        let file = File::options().create_new(true).append(true).read(true).open(&path)?;
+        let (file, path) = match state.spare.take() {
+            Some(spare) => spare,
+            None => {
+                let path = self.dir.join(format!("{:06}.seg", state.next_segment_number));
+                (File::options().create_new(true).write(true).read(true).open(&path)?, path)
+            }
+        };
         if let Some(previous) = state.segments.back() {
             previous.sealed.store(true, Ordering::Release);
         }
@@ -201,10 +237,49 @@ impl Spool {
         while state.total_bytes > self.limit_bytes && state.segments.len() > 1 {
             let oldest = state.segments.pop_front().expect("len checked");
             state.total_bytes -= oldest.len.load(Ordering::Relaxed);
+            // Nobody else holds it (readers only get segments under this lock): recycle the file.
+            let oldest = match Arc::try_unwrap(oldest) {
+                Ok(segment) if state.spare.is_none() => {
+                    state.spare = Some((segment.file, segment.path));
+                    continue;
+                }
+                Ok(segment) => Arc::new(segment),
+                Err(shared) => shared,
+            };
             if let Err(error) = std::fs::remove_file(&oldest.path) {
                 tracing::warn!(path = %oldest.path.display(), %error, "could not delete spool segment");
             }
         }
+    }
+
+    fn remember_recent(&self, state: &mut SpoolState, event: SpooledEvent, segment: &Segment, end_offset: u64) {
+        state.recent_bytes += payload_len(&event.body);
+        state.recent.push_back(RecentEvent { event, segment_first_seq: segment.first_seq, end_offset });
+        while state.recent_bytes > self.recent_limit && state.recent.len() > 1 {
+            let dropped = state.recent.pop_front().expect("len checked");
+            state.recent_bytes -= payload_len(&dropped.event.body);
+        }
+    }
+
+    /// Copies events from `next_seq` on out of the in-memory window, if it still holds
+    /// `next_seq`. Returns where the last one ends on disk, or `None` when the window cannot serve.
+    fn read_recent(&self, next_seq: u64, out: &mut Vec<SpooledEvent>) -> Option<(u64, u64)> {
+        let state = self.state.lock().expect("spool lock poisoned");
+        let first = state.recent.front()?.event.seq;
+        if next_seq < first || next_seq >= state.next_seq {
+            return None;
+        }
+        let mut taken_bytes = 0;
+        let mut resume_at = None;
+        for recent in state.recent.iter().skip((next_seq - first) as usize) {
+            if taken_bytes >= READ_BATCH_BYTES {
+                break;
+            }
+            taken_bytes += payload_len(&recent.event.body);
+            out.push(recent.event.clone());
+            resume_at = Some((recent.segment_first_seq, recent.end_offset));
+        }
+        resume_at
     }
 
     /// The segment holding `seq`, or the seq of the first event still held when `seq` is gone.
@@ -229,13 +304,39 @@ enum Locate {
     NotYetWritten,
 }
 
-fn write_all_vectored(mut file: &File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+fn payload_len(body: &EventBody) -> u64 {
+    match body {
+        EventBody::Stdout(data) | EventBody::Stderr(data) => data.len() as u64,
+        _ => 8,
+    }
+}
+
+/// Writes `header` then `payload` at `offset` with one `pwritev` (usually).
+fn write_all_at(file: &File, header: &[u8], payload: &[u8], mut offset: u64) -> io::Result<()> {
+    let mut storage = [IoSlice::new(header), IoSlice::new(payload)];
+    let mut slices: &mut [IoSlice<'_>] = &mut storage;
     while !slices.is_empty() {
-        let written = file.write_vectored(slices)?;
+        // SAFETY: IoSlice is ABI-compatible with iovec; the fd and buffers are live.
+        let written = unsafe {
+            libc::pwritev(
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                slices.as_ptr().cast(),
+                slices.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if written < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
         if written == 0 {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "spool write returned zero"));
         }
-        IoSlice::advance_slices(&mut slices, written);
+        offset += written as u64;
+        IoSlice::advance_slices(&mut slices, written as usize);
     }
     Ok(())
 }
@@ -246,6 +347,9 @@ pub struct SpoolReader {
     next_seq: u64,
     /// The segment being read and the byte offset of the next record in it.
     current: Option<(Arc<Segment>, u64)>,
+    /// After reading from the in-memory window: `(segment first_seq, offset)` where the disk
+    /// read resumes if the reader falls behind it.
+    resume_at: Option<(u64, u64)>,
 }
 
 impl SpoolReader {
@@ -256,11 +360,23 @@ impl SpoolReader {
     /// Appends to `out` every event available now (up to about [`READ_BATCH_BYTES`]).
     /// Leaves `out` unchanged when the reader is caught up.
     pub fn read_available(&mut self, out: &mut Vec<SpooledEvent>) -> io::Result<()> {
+        if let Some(resume_at) = self.spool.read_recent(self.next_seq, out) {
+            self.next_seq = out.last().expect("read_recent returned events").seq + 1;
+            self.current = None;
+            self.resume_at = Some(resume_at);
+            return Ok(());
+        }
         loop {
             let (segment, offset) = match self.current.take() {
                 Some(current) => current,
                 None => match self.spool.locate(self.next_seq) {
-                    Locate::Found(segment) => (segment, 0),
+                    Locate::Found(segment) => {
+                        let offset = match self.resume_at.take() {
+                            Some((first_seq, offset)) if first_seq == segment.first_seq => offset,
+                            _ => 0,
+                        };
+                        (segment, offset)
+                    }
                     Locate::NotYetWritten => return Ok(()),
                     Locate::Evicted { first_available_seq } => {
                         out.push(SpooledEvent {
@@ -447,7 +563,9 @@ mod tests {
         let state = spool.state.lock().unwrap();
         assert!(state.total_bytes <= 64 << 10, "spool holds {} bytes", state.total_bytes);
         let on_disk: u64 = std::fs::read_dir(&spool.dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
-        assert_eq!(on_disk, state.total_bytes, "evicted segments are deleted from disk");
+        // Evicted segments are deleted but for one spare kept for reuse, and a reused file keeps
+        // its old size until overwritten: disk use stays within the limit plus two segments.
+        assert!(on_disk <= spool.limit_bytes + 2 * spool.segment_bytes, "{on_disk} bytes on disk");
         drop(state);
         let events = read_all(&mut spool.reader(5));
         let EventBody::Truncated { first_available_seq } = events[0].body else {
