@@ -19,6 +19,10 @@ pub async fn connect(args: &BrokerClientArgs) -> anyhow::Result<BrokerClient> {
         Endpoint::from_shared(args.url.clone()).with_context(|| format!("invalid broker URL {:?}", args.url))?;
     let channel = endpoint
         .connect_timeout(std::time::Duration::from_secs(5))
+        // Bulk output: 1 MiB frames and large windows instead of sixteen 16 KiB frames per event.
+        .max_frame_size(1 << 20)
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
         .connect()
         .await
         .with_context(|| format!("cannot reach the broker at {} (is `studio up` running?)", args.url))?;
