@@ -68,9 +68,13 @@ fn up_exec_and_sigterm_as_a_user_would() {
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "hello\n");
     assert_eq!(String::from_utf8_lossy(&exec.stderr), "oops\n");
 
-    let attach = run(&up, &["attach", &sandbox_id, "p1", "--after", "2"]);
-    assert_eq!(attach.status.code(), Some(3));
-    assert_eq!(String::from_utf8_lossy(&attach.stdout), "", "seq 2 (stdout) is not replayed");
+    // One write, so the events are exactly: 1 started, 2 stdout, 3 exited.
+    let single = run(&up, &["exec", &sandbox_id, "--", "sh", "-c", "printf hello; exit 4"]);
+    assert_eq!(single.status.code(), Some(4));
+    let attach = run(&up, &["attach", &sandbox_id, "p2", "--after", "1"]);
+    assert_eq!((attach.status.code(), String::from_utf8_lossy(&attach.stdout).as_ref()), (Some(4), "hello"));
+    let attach = run(&up, &["attach", &sandbox_id, "p2", "--after", "2"]);
+    assert_eq!((attach.status.code(), String::from_utf8_lossy(&attach.stdout).as_ref()), (Some(4), ""));
 
     let listed = run(&up, &["sandbox", "ls", "--metadata", "who=cli"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&sandbox_id));
