@@ -33,6 +33,8 @@ const READ_BATCH_BYTES: u64 = 256 << 10;
 /// Payload bytes of the newest events kept in memory per spool for readers that keep up
 /// (at most an eighth of the spool). Bounds the spool's heap use.
 const RECENT_WINDOW_BYTES: u64 = 128 << 10;
+/// Events kept in that window at most: many tiny events cost more in bookkeeping than payload.
+const RECENT_WINDOW_EVENTS: usize = 64;
 
 /// What a process did, as stored and as replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,7 +257,9 @@ impl Spool {
     fn remember_recent(&self, state: &mut SpoolState, event: SpooledEvent, segment: &Segment, end_offset: u64) {
         state.recent_bytes += payload_len(&event.body);
         state.recent.push_back(RecentEvent { event, segment_first_seq: segment.first_seq, end_offset });
-        while state.recent_bytes > self.recent_limit && state.recent.len() > 1 {
+        while (state.recent_bytes > self.recent_limit && state.recent.len() > 1)
+            || state.recent.len() > RECENT_WINDOW_EVENTS
+        {
             let dropped = state.recent.pop_front().expect("len checked");
             state.recent_bytes -= payload_len(&dropped.event.body);
         }
