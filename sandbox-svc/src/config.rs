@@ -46,13 +46,25 @@ pub struct BrokerConfig {
     #[arg(long, env = "SANDBOX_REDACT_SECRETS", value_delimiter = ',', hide_env_values = true)]
     pub redact_secrets: Vec<SecretString>,
 
+    /// File holding the auth token (a mounted secret); takes precedence over SANDBOX_AUTH_TOKEN.
+    #[arg(long, env = "SANDBOX_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
     /// E2B API key (used by the `e2b` provider; masked everywhere).
     #[arg(long, env = "E2B_API_KEY", hide_env_values = true)]
     pub e2b_api_key: Option<SecretString>,
 
+    /// File holding the E2B API key; takes precedence over E2B_API_KEY.
+    #[arg(long, env = "E2B_API_KEY_FILE")]
+    pub e2b_api_key_file: Option<PathBuf>,
+
     /// GitHub token (used by the `github` code host; masked everywhere).
     #[arg(long, env = "GITHUB_TOKEN", hide_env_values = true)]
     pub github_token: Option<SecretString>,
+
+    /// File holding the GitHub token; takes precedence over GITHUB_TOKEN.
+    #[arg(long, env = "GITHUB_TOKEN_FILE")]
+    pub github_token_file: Option<PathBuf>,
 
     /// How long SIGTERM waits for in-flight RPCs after killing sandboxes.
     #[arg(long, env = "SANDBOX_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
@@ -114,9 +126,36 @@ pub enum ConfigError {
     TooSmall { name: &'static str, min: u64 },
     #[error("SANDBOX_AUTH_TOKEN must be at least 16 characters")]
     WeakToken,
+    /// Never carries the file's content.
+    #[error("{variable}: cannot read secret file {path}: {reason}")]
+    SecretFile { variable: &'static str, path: PathBuf, reason: String },
 }
 
 impl BrokerConfig {
+    /// Reads the `*_FILE` secrets into their values (trailing newline trimmed). Call before
+    /// [`BrokerConfig::validate`]; reading twice is harmless.
+    pub fn load_secret_files(&mut self) -> Result<(), ConfigError> {
+        for (variable, file, value) in [
+            ("SANDBOX_AUTH_TOKEN_FILE", &self.auth_token_file, &mut self.auth_token),
+            ("E2B_API_KEY_FILE", &self.e2b_api_key_file, &mut self.e2b_api_key),
+            ("GITHUB_TOKEN_FILE", &self.github_token_file, &mut self.github_token),
+        ] {
+            // An empty variable (`GITHUB_TOKEN=` in a compose file) means unset, not an empty secret.
+            if value.as_ref().is_some_and(|v| v.expose().is_empty()) {
+                *value = None;
+            }
+            let Some(path) = file else { continue };
+            let error = |reason: String| ConfigError::SecretFile { variable, path: path.clone(), reason };
+            let content = std::fs::read_to_string(path).map_err(|e| error(e.kind().to_string()))?;
+            let secret = content.trim_end_matches(['\n', '\r']);
+            if secret.is_empty() {
+                return Err(error("the file is empty".into()));
+            }
+            *value = Some(SecretString::new(secret));
+        }
+        Ok(())
+    }
+
     /// Checks the combinations clap cannot: called by `run` before anything starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.listen_addr.ip().is_loopback() && self.auth_token.is_none() {
@@ -173,5 +212,30 @@ impl BrokerConfig {
         config.data_dir = data_dir;
         config.templates_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../templates"));
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_files_fill_their_values_and_errors_never_show_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "file-token-0123456789\n").unwrap();
+        let mut config = BrokerConfig::for_tests(dir.path().join("data"));
+        config.auth_token_file = Some(token_file);
+        config.load_secret_files().unwrap();
+        assert_eq!(config.auth_token.as_ref().unwrap().expose(), "file-token-0123456789");
+        assert!(config.secrets().iter().any(|s| s.expose() == "file-token-0123456789"));
+
+        config.github_token_file = Some(dir.path().join("missing"));
+        let error = config.load_secret_files().unwrap_err().to_string();
+        assert!(error.starts_with("GITHUB_TOKEN_FILE: cannot read secret file"), "{error}");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        config.github_token_file = Some(empty);
+        assert!(config.load_secret_files().unwrap_err().to_string().contains("empty"));
     }
 }

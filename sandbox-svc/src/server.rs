@@ -23,7 +23,8 @@ use crate::redact::Redactor;
 use crate::template::TemplateCatalog;
 
 /// Binds `config.listen_addr` and serves until `shutdown` resolves.
-pub async fn run(config: BrokerConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(mut config: BrokerConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    config.load_secret_files()?;
     config.validate()?;
     let listener = TcpListener::bind(config.listen_addr)
         .await
@@ -39,6 +40,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let mut config = config;
+    config.load_secret_files()?;
     config.validate()?;
     let local_addr = listener.local_addr()?;
     if !local_addr.ip().is_loopback() && config.auth_token.is_none() {

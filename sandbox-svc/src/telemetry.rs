@@ -36,7 +36,7 @@ impl Drop for TelemetryGuard {
 pub fn init(service_name: &str, format: LogFormat) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let otlp_enabled = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+    let otlp_enabled = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty())
         && std::env::var("OTEL_SDK_DISABLED").map(|v| v != "true").unwrap_or(true);
     let provider = if otlp_enabled {
         // http/protobuf over blocking reqwest, exported from the batch processor's own thread:

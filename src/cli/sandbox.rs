@@ -149,7 +149,9 @@ pub async fn run(command: SandboxCommand) -> anyhow::Result<()> {
             println!("template:  {}", sandbox.template);
             println!("provider:  {}", sandbox.provider);
             println!("state:     {}", state_name(sandbox.state));
-            println!("expires:   {}", expires_in(sandbox.expires_at.as_ref()));
+            if sandbox.end_message.is_empty() {
+                println!("expires:   in {}", expires_in(sandbox.expires_at.as_ref()));
+            }
             println!("metadata:  {}", format_map(&sandbox.metadata));
             if !sandbox.end_message.is_empty() {
                 println!("ended:     {}", sandbox.end_message);

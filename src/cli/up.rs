@@ -15,8 +15,9 @@ pub struct UpArgs {
     broker: BrokerConfig,
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
     let _telemetry = telemetry::init("sandbox-broker", args.log_format)?;
+    args.broker.load_secret_files()?;
     args.broker.validate()?;
     let listener = TcpListener::bind(args.broker.listen_addr).await?;
     let address = listener.local_addr()?;

@@ -44,7 +44,8 @@ async fn the_sandbox_is_isolated_and_gets_only_declared_environment() {
         &sandbox.sandbox_id,
         "env | sort; echo uid=$(id -u); echo host=$(hostname); echo pid=$$; \
          touch /usr/escape 2>/dev/null && echo WROTE-ROOT; echo hi > /workspace/f && echo wrote-workspace; \
-         ls /tmp | wc -l; cat /proc/net/dev | grep -c ':' ; grep CapEff /proc/self/status",
+         ls /tmp | wc -l; cat /proc/net/dev | grep -c ':' ; grep CapEff /proc/self/status; \
+         echo hidden=$(ls -A /root | wc -l)$(ls -A /home | wc -l)",
     );
     request.env = metadata(&[("FROM_REQUEST", "r")]);
     let events = collect(client.start_process(request).await.unwrap().into_inner()).await;
@@ -60,6 +61,7 @@ async fn the_sandbox_is_isolated_and_gets_only_declared_environment() {
     assert!(out.contains("\n0\n"), "private empty /tmp: {out}");
     assert!(out.contains("\n1\n"), "infrastructure has no network (only lo): {out}");
     assert!(out.contains("CapEff:\t0000000000000000"), "no capabilities: {out}");
+    assert!(out.contains("hidden=00\n"), "/root and /home are empty inside: {out}");
     let file = broker.workspaces().join(&sandbox.sandbox_id).join("f");
     assert_eq!(std::fs::read_to_string(file).unwrap(), "hi\n");
     broker.stop().await.unwrap();

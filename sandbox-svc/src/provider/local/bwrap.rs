@@ -36,6 +36,10 @@ impl RootLayout {
             if matches!(name, "proc" | "dev" | "tmp" | "workspace") {
                 continue;
             }
+            // Hidden top-level directories get only their empty tmpfs, no bind underneath.
+            if hidden.contains(&path) {
+                continue;
+            }
             let metadata = std::fs::symlink_metadata(&path)?;
             if metadata.file_type().is_symlink() {
                 entries.push((path.clone(), Some(std::fs::read_link(&path)?)));
