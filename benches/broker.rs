@@ -34,6 +34,8 @@ impl Drop for Broker {
 
 fn start_broker(extra_env: &[(&str, &str)]) -> Broker {
     let data = tempfile::tempdir().unwrap();
+    // Traversable, so a broker running as root keeps workspaces in its data dir.
+    std::fs::set_permissions(data.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_studio"));
     command
         .args(["up", "--listen", "127.0.0.1:0"])
@@ -147,8 +149,15 @@ async fn latency() {
     const ROUNDS: usize = 60;
     let broker = start_broker(&[("SANDBOX_MAX_SANDBOXES", "1000")]);
     let mut client = connect(&broker.url).await;
-    let provider =
-        sandbox_svc::provider::local::LocalProvider::new(broker.data.path().join("direct"), &[], false).unwrap();
+    let config = sandbox_svc::BrokerConfig::for_tests(broker.data.path().join("unused"));
+    let provider = sandbox_svc::provider::local::LocalProvider::new(sandbox_svc::provider::local::LocalOptions {
+        workspaces_dir: broker.data.path().join("direct"),
+        root_paths: config.root_paths.clone(),
+        hidden: vec![],
+        run_as: config.local_run_as().unwrap(),
+        unsafe_no_isolation: false,
+    })
+    .unwrap();
     let workspace = broker.data.path().join("direct-ws");
     std::fs::create_dir_all(&workspace).unwrap();
     let argv = vec!["echo".to_owned(), "hi".to_owned()];

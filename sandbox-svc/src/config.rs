@@ -38,9 +38,17 @@ pub struct BrokerConfig {
     #[arg(long, env = "SANDBOX_LOCAL_UNSAFE_NO_ISOLATION", default_value_t = false)]
     pub unsafe_no_isolation: bool,
 
-    /// Host paths hidden (empty tmpfs) inside `local` sandboxes, on top of the data dir, which is always hidden.
-    #[arg(long, env = "SANDBOX_LOCAL_HIDE_PATHS", value_delimiter = ',', default_value = "/root,/home")]
+    /// Host directories bound read-only into `local` sandboxes (an allow-list: never add /run or /home).
+    #[arg(long, env = "SANDBOX_LOCAL_ROOT_PATHS", value_delimiter = ',', default_value = crate::provider::local::DEFAULT_ROOT_PATHS)]
+    pub root_paths: Vec<PathBuf>,
+
+    /// Paths under those that appear empty inside `local` sandboxes (the data dir and secret files always do).
+    #[arg(long, env = "SANDBOX_LOCAL_HIDE_PATHS", value_delimiter = ',')]
     pub hide_paths: Vec<PathBuf>,
+
+    /// Host `uid:gid` that `local` sandboxes run as. Default: 65534:65534 (nobody) when the broker runs as root, else the broker's own.
+    #[arg(long, env = "SANDBOX_LOCAL_RUN_AS")]
+    pub run_as: Option<String>,
 
     /// Extra secrets to mask in every output byte and error, comma separated (E2B and GitHub keys are added automatically).
     #[arg(long, env = "SANDBOX_REDACT_SECRETS", value_delimiter = ',', hide_env_values = true)]
@@ -126,6 +134,8 @@ pub enum ConfigError {
     TooSmall { name: &'static str, min: u64 },
     #[error("SANDBOX_AUTH_TOKEN must be at least 16 characters")]
     WeakToken,
+    #[error("SANDBOX_LOCAL_RUN_AS: {0}")]
+    RunAs(String),
     /// Never carries the file's content.
     #[error("{variable}: cannot read secret file {path}: {reason}")]
     SecretFile { variable: &'static str, path: PathBuf, reason: String },
@@ -186,6 +196,31 @@ impl BrokerConfig {
         Ok(())
     }
 
+    /// The host uid/gid `local` sandboxes run as; `None` = the broker's own.
+    pub fn local_run_as(&self) -> Result<Option<(u32, u32)>, ConfigError> {
+        // SAFETY: plain getters.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let Some(raw) = self.run_as.as_deref().filter(|r| !r.is_empty()) else {
+            // Root must not run sandboxes as root: uid 0 outside passes owner checks on
+            // root-only files (/etc/shadow) even without capabilities.
+            return Ok((euid == 0).then_some((65534, 65534)));
+        };
+        let parse =
+            |part: &str| part.parse::<u32>().map_err(|_| ConfigError::RunAs(format!("expected uid:gid, got {raw:?}")));
+        let (uid, gid) =
+            raw.split_once(':').ok_or_else(|| ConfigError::RunAs(format!("expected uid:gid, got {raw:?}")))?;
+        let (uid, gid) = (parse(uid)?, parse(gid)?);
+        if uid == 0 {
+            return Err(ConfigError::RunAs("sandboxes must not run as root (uid 0)".into()));
+        }
+        if euid != 0 && (uid, gid) != (euid, egid) {
+            return Err(ConfigError::RunAs(format!(
+                "only a broker running as root can run sandboxes as another user ({uid}:{gid})"
+            )));
+        }
+        Ok(if (uid, gid) == (euid, egid) { None } else { Some((uid, gid)) })
+    }
+
     /// Every secret the broker holds, for the redactor.
     pub fn secrets(&self) -> Vec<SecretString> {
         let mut secrets: Vec<SecretString> = self.redact_secrets.clone();
@@ -211,6 +246,7 @@ impl BrokerConfig {
         config.listen_addr = "127.0.0.1:0".parse().expect("literal address");
         config.data_dir = data_dir;
         config.templates_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../templates"));
+        config.run_as = None;
         config
     }
 }

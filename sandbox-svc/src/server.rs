@@ -18,7 +18,7 @@ use crate::config::BrokerConfig;
 use crate::grpc::SandboxGrpc;
 use crate::grpc::auth::BearerAuth;
 use crate::provider::SandboxProvider;
-use crate::provider::local::LocalProvider;
+use crate::provider::local::{LocalOptions, LocalProvider};
 use crate::redact::Redactor;
 use crate::template::TemplateCatalog;
 
@@ -61,9 +61,18 @@ pub async fn serve(
     remove_stale(&workspaces_dir)?;
     let provider: Arc<dyn SandboxProvider> = match config.provider.as_str() {
         "local" => {
+            // The data dir and every secret file stay invisible even under an allowed root.
             let mut hidden = vec![data_dir.clone()];
             hidden.extend(config.hide_paths.iter().cloned());
-            Arc::new(LocalProvider::new(workspaces_dir, &hidden, config.unsafe_no_isolation)?)
+            let secret_files = [&config.auth_token_file, &config.e2b_api_key_file, &config.github_token_file];
+            hidden.extend(secret_files.into_iter().flatten().filter_map(|f| f.canonicalize().ok()));
+            Arc::new(LocalProvider::new(LocalOptions {
+                workspaces_dir,
+                root_paths: config.root_paths.clone(),
+                hidden,
+                run_as: config.local_run_as()?,
+                unsafe_no_isolation: config.unsafe_no_isolation,
+            })?)
         }
         other => anyhow::bail!("unknown SANDBOX_PROVIDER {other:?}; available providers: local"),
     };

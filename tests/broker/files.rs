@@ -16,8 +16,14 @@ async fn files_round_trip_and_are_visible_to_processes() {
         content: "hello\n".into(),
     };
     client.write_file(write).await.unwrap();
-    let events = run(&mut client, &sandbox.sandbox_id, "cat src/deep/hello.txt; echo more > src/deep/out.txt").await;
-    assert_eq!(stdout_of(&events), "hello\n");
+    let script = "cat src/deep/hello.txt; echo more > src/deep/out.txt; echo again >> src/deep/hello.txt && mkdir src/deep/sub && echo writable";
+    let events = run(&mut client, &sandbox.sandbox_id, script).await;
+    assert_eq!(
+        stdout_of(&events),
+        "hello\nwritable\n",
+        "files the broker wrote belong to the sandbox: {}",
+        stderr_of(&events)
+    );
     let read = pb::ReadFileRequest { sandbox_id: sandbox.sandbox_id.clone(), path: "src/deep/out.txt".into() };
     assert_eq!(&client.read_file(read).await.unwrap().into_inner().content[..], b"more\n");
     broker.stop().await.unwrap();

@@ -45,7 +45,8 @@ async fn the_sandbox_is_isolated_and_gets_only_declared_environment() {
         "env | sort; echo uid=$(id -u); echo host=$(hostname); echo pid=$$; \
          touch /usr/escape 2>/dev/null && echo WROTE-ROOT; echo hi > /workspace/f && echo wrote-workspace; \
          ls /tmp | wc -l; cat /proc/net/dev | grep -c ':' ; grep CapEff /proc/self/status; \
-         echo hidden=$(ls -A /root | wc -l)$(ls -A /home | wc -l)",
+         echo hidden=$(ls -A /root | wc -l)$(ls -A /home | wc -l); [ -e /run ] && echo RUN-VISIBLE; \
+         head -c1 /etc/shadow >/dev/null 2>&1 && echo READ-SHADOW; ls / | tr '\\n' ' '",
     );
     request.env = metadata(&[("FROM_REQUEST", "r")]);
     let events = collect(client.start_process(request).await.unwrap().into_inner()).await;
@@ -62,6 +63,10 @@ async fn the_sandbox_is_isolated_and_gets_only_declared_environment() {
     assert!(out.contains("\n1\n"), "infrastructure has no network (only lo): {out}");
     assert!(out.contains("CapEff:\t0000000000000000"), "no capabilities: {out}");
     assert!(out.contains("hidden=00\n"), "/root and /home are empty inside: {out}");
+    assert!(!out.contains("RUN-VISIBLE"), "/run (sockets, secrets) is not bound: {out}");
+    if std::path::Path::new("/etc/shadow").exists() {
+        assert!(!out.contains("READ-SHADOW"), "root-only host files stay unreadable: {out}");
+    }
     let file = broker.workspaces().join(&sandbox.sandbox_id).join("f");
     assert_eq!(std::fs::read_to_string(file).unwrap(), "hi\n");
     broker.stop().await.unwrap();

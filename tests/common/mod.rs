@@ -45,6 +45,8 @@ impl TestBroker {
     /// A broker with default limits, the test token and `adjust` applied to its config.
     pub async fn start(adjust: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
         let data_dir = tempfile::tempdir().expect("tempdir");
+        // Traversable, so a broker running as root keeps workspaces in its data dir (tests look there).
+        std::fs::set_permissions(data_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let mut config = BrokerConfig::for_tests(data_dir.path().join("data"));
         config.auth_token = Some(SecretString::new(TOKEN));
         adjust(&mut config);

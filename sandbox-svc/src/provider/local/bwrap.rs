@@ -1,10 +1,12 @@
 //! The bubblewrap command line for one sandboxed process.
 //!
-//! The sandbox's root is a fresh tmpfs holding read-only binds of every top-level host directory
-//! (so `/workspace` can be created on it), with the broker's data dir and configured private
-//! paths hidden under empty tmpfs mounts. The process runs in its own user, pid, ipc and uts
-//! namespaces (and network namespace unless the template allows network), as an unprivileged
-//! uid with every capability dropped, its environment cleared but for what was declared.
+//! The sandbox's root is a fresh tmpfs holding read-only binds of an allow-list of host
+//! directories (`/usr`, `/etc`, … — never `/run`, `/home` or other places with sockets and
+//! secrets), so `/workspace` can be created on it. Hidden paths under those (the broker's data
+//! dir, secret files, configured private paths) appear empty. The process runs in its own user,
+//! pid, ipc and uts namespaces (and network namespace unless the template allows network), as
+//! uid 1000 inside with every capability dropped, its environment cleared but for what was
+//! declared.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -12,43 +14,42 @@ use std::path::{Path, PathBuf};
 
 /// Where the workspace appears inside the sandbox.
 pub const WORKSPACE_MOUNT: &str = "/workspace";
-/// The unprivileged uid/gid processes run as inside the sandbox.
+/// The uid/gid processes see themselves as inside the sandbox.
 const SANDBOX_UID: &str = "1000";
 /// Used when neither the template nor the request sets PATH.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Host paths bound read-only into every sandbox unless configured otherwise.
+pub const DEFAULT_ROOT_PATHS: &str = "/usr,/bin,/sbin,/lib,/lib32,/lib64,/libx32,/etc,/opt,/sys";
 
 /// Host layout read once at startup: how to rebuild `/` inside a sandbox.
 #[derive(Debug, Clone)]
 pub struct RootLayout {
     /// `(host path, symlink target)`; `None` target = a directory to bind read-only.
     entries: Vec<(PathBuf, Option<PathBuf>)>,
-    hidden: Vec<PathBuf>,
+    /// `(path, is_dir)`: directories get an empty tmpfs, files an empty `/dev/null` bind.
+    hidden: Vec<(PathBuf, bool)>,
 }
 
 impl RootLayout {
-    /// Reads `/`. `hidden` paths that exist get an empty tmpfs over them.
-    pub fn from_host(hidden: &[PathBuf]) -> std::io::Result<RootLayout> {
+    /// Reads the host's `root_paths` (missing ones are skipped). `hidden` paths that exist under
+    /// one of them are covered; others are invisible anyway.
+    pub fn from_host(root_paths: &[PathBuf], hidden: &[PathBuf]) -> std::io::Result<RootLayout> {
         let mut entries = Vec::new();
-        for entry in std::fs::read_dir("/")? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            // Mounted fresh (proc, dev, tmp) or never exposed (the host's own workspace dir).
-            if matches!(name, "proc" | "dev" | "tmp" | "workspace") {
-                continue;
-            }
-            // Hidden top-level directories get only their empty tmpfs, no bind underneath.
-            if hidden.contains(&path) {
-                continue;
-            }
-            let metadata = std::fs::symlink_metadata(&path)?;
+        for path in root_paths {
+            let Ok(metadata) = std::fs::symlink_metadata(path) else { continue };
             if metadata.file_type().is_symlink() {
-                entries.push((path.clone(), Some(std::fs::read_link(&path)?)));
+                entries.push((path.clone(), Some(std::fs::read_link(path)?)));
             } else if metadata.is_dir() {
-                entries.push((path, None));
+                entries.push((path.clone(), None));
             }
         }
         entries.sort();
-        let hidden = hidden.iter().filter(|p| p.is_dir()).cloned().collect();
+        let visible = |path: &Path| entries.iter().any(|(root, target)| target.is_none() && path.starts_with(root));
+        let hidden = hidden
+            .iter()
+            .filter(|path| visible(path))
+            .filter_map(|path| std::fs::metadata(path).ok().map(|m| (path.clone(), m.is_dir())))
+            .collect();
         Ok(RootLayout { entries, hidden })
     }
 }
@@ -80,8 +81,12 @@ impl BwrapInvocation<'_> {
                 None => push(&[&"--ro-bind", path, path]),
             }
         }
-        for hidden in &self.layout.hidden {
-            push(&[&"--tmpfs", hidden]);
+        for (hidden, is_dir) in &self.layout.hidden {
+            if *is_dir {
+                push(&[&"--tmpfs", hidden]);
+            } else {
+                push(&[&"--ro-bind", &"/dev/null", hidden]);
+            }
         }
         push(&[&"--proc", &"/proc", &"--dev", &"/dev", &"--tmpfs", &"/tmp"]);
         push(&[&"--bind", &self.workspace, &WORKSPACE_MOUNT]);
@@ -121,7 +126,7 @@ mod tests {
     fn isolation_flags_and_declared_env_only() {
         let layout = RootLayout {
             entries: vec![("/usr".into(), None), ("/bin".into(), Some("usr/bin".into()))],
-            hidden: vec!["/root".into()],
+            hidden: vec![("/usr/private".into(), true), ("/usr/secret.env".into(), false)],
         };
         let env = process_env(&BTreeMap::from([("A".into(), "1".into())]), &BTreeMap::from([("A".into(), "2".into())]));
         let invocation = BwrapInvocation {
@@ -139,7 +144,8 @@ mod tests {
             "--cap-drop ALL",
             "--ro-bind /usr /usr",
             "--symlink usr/bin /bin",
-            "--tmpfs /root",
+            "--tmpfs /usr/private",
+            "--ro-bind /dev/null /usr/secret.env",
             "--tmpfs /tmp",
             "--bind /data/ws/sbx /workspace",
             "--chdir /workspace/src --clearenv",
@@ -150,5 +156,21 @@ mod tests {
         }
         let with_network = BwrapInvocation { network: true, ..invocation };
         assert!(!with_network.args().iter().any(|a| a == "--unshare-net"));
+    }
+
+    #[test]
+    fn only_allowed_roots_are_bound_and_hidden_paths_outside_them_are_ignored() {
+        let host = tempfile::tempdir().unwrap();
+        let allowed = host.path().join("usr");
+        std::fs::create_dir_all(allowed.join("private")).unwrap();
+        std::fs::write(allowed.join("secret.env"), "x").unwrap();
+        std::fs::create_dir_all(host.path().join("run")).unwrap();
+        let layout = RootLayout::from_host(
+            &[allowed.clone(), host.path().join("missing")],
+            &[allowed.join("private"), allowed.join("secret.env"), host.path().join("run"), allowed.join("gone")],
+        )
+        .unwrap();
+        assert_eq!(layout.entries, vec![(allowed.clone(), None)]);
+        assert_eq!(layout.hidden, vec![(allowed.join("private"), true), (allowed.join("secret.env"), false)]);
     }
 }

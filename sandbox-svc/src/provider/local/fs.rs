@@ -56,6 +56,10 @@ fn map_error(field: &'static str, path: &WorkspacePath, error: io::Error) -> Pro
         Some(libc::EISDIR) => invalid(format!("{path:?} is a directory")),
         Some(libc::ENOTDIR) => invalid(format!("{path:?}: a parent is not a directory")),
         Some(libc::ENOSPC) => ProviderError::TooLarge(format!("{field}: no space left for {path:?}")),
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+            ProviderError::FailedPrecondition(format!("{field}: {path:?} is not accessible: {error}"))
+        }
+        Some(libc::ENXIO) => invalid(format!("{path:?} is not a regular file (a FIFO, socket or device)")),
         _ => ProviderError::Unavailable(format!("{field}: {path:?}: {error}")),
     }
 }
@@ -65,7 +69,7 @@ fn open_root(workspace: &Path) -> Result<File, ProviderError> {
 }
 
 /// Creates each missing parent of `path` one level at a time, never following a symlink out.
-fn create_parents(root: &File, path: &WorkspacePath) -> Result<(), ProviderError> {
+fn create_parents(root: &File, path: &WorkspacePath, owner: Option<(u32, u32)>) -> Result<(), ProviderError> {
     let Some(parent) = path.as_path().parent() else {
         return Ok(());
     };
@@ -90,28 +94,42 @@ fn create_parents(root: &File, path: &WorkspacePath) -> Result<(), ProviderError
             if error.raw_os_error() != Some(libc::EEXIST) {
                 return Err(map_error("path", path, error));
             }
+        } else if let Some((uid, gid)) = owner {
+            // SAFETY: as above; AT_SYMLINK_NOFOLLOW so a racing symlink is not followed.
+            unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) };
         }
     }
     Ok(())
 }
 
-pub fn write_file(workspace: &Path, path: &WorkspacePath, content: &[u8]) -> Result<(), ProviderError> {
+/// Writes `content`; new files and directories are given to `owner` (the sandbox's user) so
+/// the sandbox can change them.
+pub fn write_file(
+    workspace: &Path,
+    path: &WorkspacePath,
+    content: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), ProviderError> {
     let root = open_root(workspace)?;
-    create_parents(&root, path)?;
-    let fd = open_beneath(&root, path.as_path(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644)
+    create_parents(&root, path, owner)?;
+    // O_NONBLOCK: a FIFO planted by the sandbox must not hang the broker; only regular files pass.
+    let fd = open_beneath(&root, path.as_path(), libc::O_WRONLY | libc::O_CREAT | libc::O_NONBLOCK, 0o644)
         .map_err(|e| map_error("path", path, e))?;
     let mut file = File::from(fd);
+    require_regular_file(&file, path)?;
+    file.set_len(0).map_err(|e| map_error("path", path, e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|e| map_error("path", path, e))?;
+    }
     io::Write::write_all(&mut file, content).map_err(|e| map_error("content", path, e))
 }
 
 pub fn read_file(workspace: &Path, path: &WorkspacePath, max_bytes: u64) -> Result<Bytes, ProviderError> {
     let root = open_root(workspace)?;
-    let fd = open_beneath(&root, path.as_path(), libc::O_RDONLY, 0).map_err(|e| map_error("path", path, e))?;
+    let fd = open_beneath(&root, path.as_path(), libc::O_RDONLY | libc::O_NONBLOCK, 0)
+        .map_err(|e| map_error("path", path, e))?;
     let file = File::from(fd);
-    let metadata = file.metadata().map_err(|e| map_error("path", path, e))?;
-    if metadata.is_dir() {
-        return Err(map_error("path", path, io::Error::from_raw_os_error(libc::EISDIR)));
-    }
+    let metadata = require_regular_file(&file, path)?;
     let too_large = |size: u64| {
         ProviderError::TooLarge(format!(
             "file size limit: {path:?} is {size} bytes, more than {max_bytes} (SANDBOX_MAX_FILE_BYTES)"
@@ -127,6 +145,20 @@ pub fn read_file(workspace: &Path, path: &WorkspacePath, max_bytes: u64) -> Resu
         return Err(too_large(content.len() as u64));
     }
     Ok(Bytes::from(content))
+}
+
+fn require_regular_file(file: &File, path: &WorkspacePath) -> Result<std::fs::Metadata, ProviderError> {
+    let metadata = file.metadata().map_err(|e| map_error("path", path, e))?;
+    if metadata.is_dir() {
+        return Err(map_error("path", path, io::Error::from_raw_os_error(libc::EISDIR)));
+    }
+    if !metadata.is_file() {
+        return Err(ProviderError::InvalidArgument {
+            field: "path",
+            message: format!("{path:?} is not a regular file (a FIFO, socket or device)"),
+        });
+    }
+    Ok(metadata)
 }
 
 /// Checks that `cwd` is a directory inside the workspace.
@@ -154,10 +186,24 @@ mod tests {
     #[test]
     fn writes_and_reads_with_parents_created() {
         let dir = tempfile::tempdir().unwrap();
-        write_file(dir.path(), &path("a/b/c.txt"), b"hello").unwrap();
+        write_file(dir.path(), &path("a/b/c.txt"), b"hello", None).unwrap();
         assert_eq!(read_file(dir.path(), &path("a/b/c.txt"), 100).unwrap(), Bytes::from_static(b"hello"));
         assert!(matches!(read_file(dir.path(), &path("a/b/c.txt"), 4), Err(ProviderError::TooLarge(_))));
         assert!(matches!(read_file(dir.path(), &path("nope"), 4), Err(ProviderError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = std::ffi::CString::new(dir.path().join("pipe").as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        for result in
+            [read_file(dir.path(), &path("pipe"), 10).map(drop), write_file(dir.path(), &path("pipe"), b"x", None)]
+        {
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains("not a regular file"), "{err}");
+        }
     }
 
     #[test]
@@ -173,14 +219,14 @@ mod tests {
             assert!(err.to_string().contains("outside the sandbox workspace"), "{bad}: {err}");
         }
         for bad in ["abs-link", "dir-link/new", "dir-link/deeper/new"] {
-            let err = write_file(dir.path(), &path(bad), b"x").unwrap_err();
+            let err = write_file(dir.path(), &path(bad), b"x", None).unwrap_err();
             assert!(err.to_string().contains("outside the sandbox workspace"), "{bad}: {err}");
         }
         assert_eq!(std::fs::read_to_string(outside.path().join("secret")).unwrap(), "top secret");
         assert!(!outside.path().join("new").exists() && !outside.path().join("deeper").exists());
         // A symlink that stays inside is fine.
         std::os::unix::fs::symlink("a", dir.path().join("inside-link")).unwrap();
-        write_file(dir.path(), &path("a/f"), b"ok").unwrap();
+        write_file(dir.path(), &path("a/f"), b"ok", None).unwrap();
         assert_eq!(read_file(dir.path(), &path("inside-link/f"), 10).unwrap(), Bytes::from_static(b"ok"));
     }
 }

@@ -9,6 +9,8 @@ mod fs;
 mod process;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +20,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::process::Command;
 
-pub use bwrap::{DEFAULT_PATH, WORKSPACE_MOUNT};
+pub use bwrap::{DEFAULT_PATH, DEFAULT_ROOT_PATHS, WORKSPACE_MOUNT};
 
 use self::bwrap::{BwrapInvocation, RootLayout, process_env};
 use self::process::TrackedProcess;
@@ -51,29 +53,62 @@ pub enum LocalProviderError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+/// What the `local` provider needs from the broker's configuration.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Where workspaces go (a private directory under the system temp dir is used instead when
+    /// `run_as` could not reach it, e.g. a data dir under a 0700 home).
+    pub workspaces_dir: PathBuf,
+    /// Host directories bound read-only into every sandbox.
+    pub root_paths: Vec<PathBuf>,
+    /// Paths under those that appear empty (the data dir, secret files, configured ones).
+    pub hidden: Vec<PathBuf>,
+    /// Host uid/gid processes run as; `None` = the broker's own.
+    pub run_as: Option<(u32, u32)>,
+    pub unsafe_no_isolation: bool,
+}
+
 pub struct LocalProvider {
     workspaces_dir: PathBuf,
+    /// Set when `workspaces_dir` is a private temp directory this provider removes on drop.
+    owns_workspaces_dir: bool,
     isolation: Isolation,
+    run_as: Option<(u32, u32)>,
 }
 
 impl LocalProvider {
     /// Checks that bubblewrap works (or that running without it was asked for, loudly).
-    /// `hidden` paths (the data dir, private host dirs) appear empty inside sandboxes.
-    pub fn new(
-        workspaces_dir: PathBuf,
-        hidden: &[PathBuf],
-        unsafe_no_isolation: bool,
-    ) -> Result<LocalProvider, LocalProviderError> {
-        std::fs::create_dir_all(&workspaces_dir)
-            .map_err(|source| LocalProviderError::Io { path: workspaces_dir.clone(), source })?;
+    pub fn new(options: LocalOptions) -> Result<LocalProvider, LocalProviderError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LocalProviderError::Io { path, source }
+        };
+        let (workspaces_dir, owns_workspaces_dir) = match options.run_as {
+            Some(owner) if !traversable(&options.workspaces_dir, owner) => {
+                let dir =
+                    std::env::temp_dir().join(format!("agent-studio-workspaces-{}", uuid::Uuid::new_v4().simple()));
+                tracing::info!(
+                    configured = %options.workspaces_dir.display(),
+                    using = %dir.display(),
+                    "sandbox user {}:{} cannot reach the data dir; workspaces go to a private temp directory",
+                    owner.0,
+                    owner.1
+                );
+                (dir, true)
+            }
+            _ => (options.workspaces_dir.clone(), false),
+        };
+        std::fs::create_dir_all(&workspaces_dir).map_err(io(&workspaces_dir))?;
+        // Others may pass through (the sandbox user must) but not list the sandboxes.
+        std::fs::set_permissions(&workspaces_dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(io(&workspaces_dir))?;
         let isolation = match find_on_path("bwrap") {
             Some(program) => {
-                let layout = RootLayout::from_host(hidden)
-                    .map_err(|source| LocalProviderError::Io { path: "/".into(), source })?;
-                check_bubblewrap(&program, &layout, &workspaces_dir)?;
+                let layout = RootLayout::from_host(&options.root_paths, &options.hidden).map_err(io(Path::new("/")))?;
+                check_bubblewrap(&program, &layout, &workspaces_dir, options.run_as)?;
                 Isolation::Bubblewrap { program, layout }
             }
-            None if unsafe_no_isolation => {
+            None if options.unsafe_no_isolation => {
                 tracing::error!(
                     "SANDBOX ISOLATION IS OFF: bubblewrap is missing and --unsafe-no-isolation is set; sandboxed processes run as plain children of the broker with full access to this host"
                 );
@@ -81,12 +116,37 @@ impl LocalProvider {
             }
             None => return Err(LocalProviderError::BubblewrapMissing),
         };
-        Ok(LocalProvider { workspaces_dir, isolation })
+        Ok(LocalProvider { workspaces_dir, owns_workspaces_dir, isolation, run_as: options.run_as })
     }
 
     pub fn isolation(&self) -> &Isolation {
         &self.isolation
     }
+}
+
+impl Drop for LocalProvider {
+    fn drop(&mut self) {
+        if self.owns_workspaces_dir {
+            let _ = std::fs::remove_dir_all(&self.workspaces_dir);
+        }
+    }
+}
+
+/// Whether `owner` may search every directory from `/` down to `path` (or, if `path` does
+/// not exist yet, down to its nearest existing ancestor).
+fn traversable(path: &Path, (uid, gid): (u32, u32)) -> bool {
+    let Some(existing) = path.ancestors().find_map(|a| a.canonicalize().ok()) else { return false };
+    existing.ancestors().all(|dir| {
+        let Ok(metadata) = std::fs::metadata(dir) else { return false };
+        let mode = metadata.mode();
+        if metadata.uid() == uid {
+            mode & 0o100 != 0
+        } else if metadata.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        }
+    })
 }
 
 fn find_on_path(program: &str) -> Option<PathBuf> {
@@ -95,7 +155,12 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
 }
 
 /// Runs `true` in a sandbox once, so a broken setup fails at start, not on the first request.
-fn check_bubblewrap(program: &Path, layout: &RootLayout, workspaces_dir: &Path) -> Result<(), LocalProviderError> {
+fn check_bubblewrap(
+    program: &Path,
+    layout: &RootLayout,
+    workspaces_dir: &Path,
+    run_as: Option<(u32, u32)>,
+) -> Result<(), LocalProviderError> {
     let env = process_env(&BTreeMap::new(), &BTreeMap::new());
     let invocation = BwrapInvocation {
         layout,
@@ -105,10 +170,12 @@ fn check_bubblewrap(program: &Path, layout: &RootLayout, workspaces_dir: &Path) 
         env: &env,
         argv: &["true".to_owned()],
     };
-    let output = std::process::Command::new(program)
-        .args(invocation.args())
-        .output()
-        .map_err(|e| LocalProviderError::BubblewrapBroken(e.to_string()))?;
+    let mut command = std::process::Command::new(program);
+    command.args(invocation.args());
+    if let Some((uid, gid)) = run_as {
+        command.uid(uid).gid(gid);
+    }
+    let output = command.output().map_err(|e| LocalProviderError::BubblewrapBroken(e.to_string()))?;
     if !output.status.success() {
         return Err(LocalProviderError::BubblewrapBroken(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
     }
@@ -123,14 +190,25 @@ impl SandboxProvider for LocalProvider {
 
     async fn create(&self, spec: SandboxSpec) -> Result<Arc<dyn ProviderSandbox>, ProviderError> {
         let workspace = self.workspaces_dir.join(&spec.sandbox_id);
-        tokio::fs::create_dir(&workspace)
-            .await
-            .map_err(|e| ProviderError::Unavailable(format!("cannot create workspace: {e}")))?;
+        let run_as = self.run_as;
+        let dir = workspace.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+            if let Some((uid, gid)) = run_as {
+                std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ProviderError::Unavailable(e.to_string()))?
+        .map_err(|e| ProviderError::Unavailable(format!("cannot create workspace: {e}")))?;
         if matches!(self.isolation, Isolation::None) {
             tracing::warn!(sandbox_id = %spec.sandbox_id, "sandbox runs WITHOUT isolation");
         }
         Ok(Arc::new(LocalSandbox {
             workspace,
+            run_as,
             isolation: self.isolation.clone(),
             network: spec.template.network,
             env: spec.env,
@@ -142,6 +220,7 @@ impl SandboxProvider for LocalProvider {
 
 struct LocalSandbox {
     workspace: PathBuf,
+    run_as: Option<(u32, u32)>,
     isolation: Isolation,
     network: bool,
     env: BTreeMap<String, String>,
@@ -152,14 +231,12 @@ struct LocalSandbox {
 impl LocalSandbox {
     fn command(&self, spec: &ProcessSpec) -> Command {
         let env = process_env(&self.env, &spec.env);
-        Command::from(isolated_command(
-            &self.isolation,
-            &self.workspace,
-            self.network,
-            spec.cwd.as_ref(),
-            &env,
-            &spec.argv,
-        ))
+        let mut command =
+            isolated_command(&self.isolation, &self.workspace, self.network, spec.cwd.as_ref(), &env, &spec.argv);
+        if let Some((uid, gid)) = self.run_as {
+            command.uid(uid).gid(gid);
+        }
+        Command::from(command)
     }
 }
 
@@ -168,7 +245,11 @@ impl LocalProvider {
     /// spawn it directly to measure what the broker adds on top.
     pub fn command_for(&self, workspace: &Path, network: bool, argv: &[String]) -> std::process::Command {
         let env = process_env(&BTreeMap::new(), &BTreeMap::new());
-        isolated_command(&self.isolation, workspace, network, None, &env, argv)
+        let mut command = isolated_command(&self.isolation, workspace, network, None, &env, argv);
+        if let Some((uid, gid)) = self.run_as {
+            command.uid(uid).gid(gid);
+        }
+        command
     }
 }
 
@@ -220,7 +301,8 @@ impl ProviderSandbox for LocalSandbox {
 
     async fn write_file(&self, path: &WorkspacePath, content: Bytes) -> Result<(), ProviderError> {
         let (workspace, path) = (self.workspace.clone(), path.clone());
-        tokio::task::spawn_blocking(move || fs::write_file(&workspace, &path, &content))
+        let owner = self.run_as;
+        tokio::task::spawn_blocking(move || fs::write_file(&workspace, &path, &content, owner))
             .await
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?
     }
@@ -236,8 +318,10 @@ impl ProviderSandbox for LocalSandbox {
         let waits: Vec<_> = {
             let processes = self.processes.lock().expect("lock poisoned");
             self.killed.store(true, Ordering::SeqCst);
+            // Exited ones are skipped: their pgid may already belong to someone else.
             processes
                 .iter()
+                .filter(|p| !*p.done.borrow())
                 .map(|p| {
                     process::signal_group(p.pgid, libc::SIGKILL);
                     p.done.clone()
