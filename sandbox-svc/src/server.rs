@@ -124,13 +124,15 @@ pub async fn serve(
     tracing::info!("shutting down: health NOT_SERVING, ending sandboxes");
     health.set_not_serving::<SandboxServiceServer<SandboxGrpc>>().await;
     health.set_service_status("", ServingStatus::NotServing).await;
+    // One deadline for the whole shutdown, so it ends within the grace period.
     let grace = config.shutdown_grace;
-    if tokio::time::timeout(grace, broker.shutdown()).await.is_err() {
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, broker.shutdown()).await.is_err() {
         tracing::warn!(?grace, "sandboxes did not all end within the grace period");
     }
     stream_shutdown.cancel();
     server_stop.cancel();
-    match tokio::time::timeout(grace, &mut server).await {
+    match tokio::time::timeout_at(deadline, &mut server).await {
         Ok(result) => result.context("server task panicked")?.context("gRPC server failed")?,
         Err(_) => tracing::warn!(?grace, "in-flight requests did not finish within the grace period"),
     }

@@ -87,6 +87,8 @@ struct SpoolState {
     /// The newest events, oldest first; bounded by `recent_limit` payload bytes.
     recent: VecDeque<RecentEvent>,
     recent_bytes: u64,
+    /// Set by `remove`: readers get an error instead of a silent end.
+    removed: bool,
 }
 
 struct RecentEvent {
@@ -126,6 +128,7 @@ impl Spool {
                 spare: None,
                 recent: VecDeque::new(),
                 recent_bytes: 0,
+                removed: false,
             }),
             head: watch::Sender::new(SpoolHead::default()),
         }))
@@ -188,7 +191,10 @@ impl Spool {
 
     /// Marks the spool complete: readers that reach the end stop instead of waiting.
     pub fn finish(&self) {
-        let _state = self.state.lock().expect("spool lock poisoned");
+        let mut state = self.state.lock().expect("spool lock poisoned");
+        // Nobody follows a finished spool live: give the window's memory back.
+        state.recent.clear();
+        state.recent_bytes = 0;
         self.head.send_modify(|head| head.finished = true);
     }
 
@@ -196,6 +202,7 @@ impl Spool {
     pub fn remove(&self) {
         let mut state = self.state.lock().expect("spool lock poisoned");
         state.segments.clear();
+        state.removed = true;
         state.spare = None;
         state.recent.clear();
         state.recent_bytes = 0;
@@ -289,6 +296,9 @@ impl Spool {
     /// The segment holding `seq`, or the seq of the first event still held when `seq` is gone.
     fn locate(&self, seq: u64) -> Locate {
         let state = self.state.lock().expect("spool lock poisoned");
+        if state.removed {
+            return Locate::Removed;
+        }
         let Some(first) = state.segments.front() else {
             return Locate::NotYetWritten;
         };
@@ -306,6 +316,7 @@ enum Locate {
     Found(Arc<Segment>),
     Evicted { first_available_seq: u64 },
     NotYetWritten,
+    Removed,
 }
 
 fn payload_len(body: &EventBody) -> u64 {
@@ -382,6 +393,9 @@ impl SpoolReader {
                         (segment, offset)
                     }
                     Locate::NotYetWritten => return Ok(()),
+                    Locate::Removed => {
+                        return Err(io::Error::new(io::ErrorKind::NotFound, "the spool was removed"));
+                    }
                     Locate::Evicted { first_available_seq } => {
                         out.push(SpooledEvent {
                             seq: first_available_seq - 1,

@@ -36,6 +36,27 @@ async fn processes_per_sandbox() {
 }
 
 #[tokio::test]
+async fn concurrent_starts_cannot_overshoot_the_process_limit() {
+    let broker = TestBroker::start(|c| c.limits.max_processes_per_sandbox = 2).await;
+    let mut client = broker.client().await;
+    let sandbox = create(&mut client, "worker").await;
+    let starts = (0..6).map(|_| {
+        let mut client = client.clone();
+        let request = start_request(&sandbox.sandbox_id, "true");
+        tokio::spawn(async move { client.start_process(request).await.map(drop) })
+    });
+    let mut started = 0;
+    for start in starts {
+        match start.await.unwrap() {
+            Ok(()) => started += 1,
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        }
+    }
+    assert_eq!(started, 2);
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn concurrent_streams() {
     let broker = TestBroker::start(|c| c.limits.max_streams = 1).await;
     let mut client = broker.client().await;

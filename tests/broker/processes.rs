@@ -202,6 +202,41 @@ async fn stdin_can_be_written_and_closed() {
 }
 
 #[tokio::test]
+async fn a_stuck_stdin_write_refuses_others_and_close_releases_it() {
+    let broker = TestBroker::start(|_| {}).await;
+    let mut client = broker.client().await;
+    let sandbox = create(&mut client, "worker").await;
+    let mut request = start_request(&sandbox.sandbox_id, "sleep 30");
+    request.stdin = true;
+    let _stream = client.start_process(request).await.unwrap().into_inner();
+    let input = |data: Vec<u8>| pb::SendProcessInputRequest {
+        sandbox_id: sandbox.sandbox_id.clone(),
+        process_id: "p1".into(),
+        data: data.into(),
+    };
+    // More than a pipe holds, to a process that never reads: this write blocks.
+    let mut writer = client.clone();
+    let big = input(vec![b'x'; 4 << 20]);
+    let stuck = tokio::spawn(async move { writer.send_process_input(big).await });
+    eventually("a second write is refused while the first is stuck", || {
+        let mut client = client.clone();
+        let small = input(b"y".to_vec());
+        async move {
+            matches!(client.send_process_input(small).await, Err(s) if s.message().contains("still in progress"))
+        }
+    })
+    .await;
+    let close = pb::CloseProcessInputRequest { sandbox_id: sandbox.sandbox_id.clone(), process_id: "p1".into() };
+    tokio::time::timeout(std::time::Duration::from_secs(5), client.close_process_input(close))
+        .await
+        .expect("close does not wait behind the stuck write")
+        .unwrap();
+    let result = stuck.await.unwrap();
+    assert_code(result, tonic::Code::FailedPrecondition, "closed during the write");
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_signal_ends_the_process_tree_and_is_reported() {
     let broker = TestBroker::start(|_| {}).await;
     let mut client = broker.client().await;

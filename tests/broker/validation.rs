@@ -72,6 +72,12 @@ async fn every_bad_input_names_its_field() {
     assert_code(client.attach_process(unknown_process).await, Code::NotFound, "process \"p99\" not found");
     let no_process = pb::AttachProcessRequest { sandbox_id: id.clone(), process_id: String::new(), after_seq: 0 };
     assert_code(client.attach_process(no_process).await, Code::InvalidArgument, "process_id");
+    let future_seq = pb::AttachProcessRequest { sandbox_id: id.clone(), process_id: "p1".into(), after_seq: 1_000 };
+    assert_code(
+        client.attach_process(future_seq).await,
+        Code::InvalidArgument,
+        "after_seq: 1000 is beyond the last event",
+    );
     let long_tag = pb::StartProcessRequest { tag: "t".repeat(1000), ..start_request(&id, "true") };
     assert_code(client.start_process(long_tag).await, Code::InvalidArgument, "tag");
 

@@ -100,8 +100,11 @@ impl Broker {
         if let Some(timeout) = request.timeout {
             self.check_timeout(timeout)?;
         }
+        // Creation runs in its own task: a caller that gives up (deadline, disconnect) must not
+        // leave a half-made sandbox or a leaked slot behind.
+        let broker = self.clone();
         let Some(key) = request.idempotency_key.clone() else {
-            let id = self.create_new(request).await?;
+            let id = spawn_and_join(async move { broker.create_new(request).await }).await?;
             return self.get_sandbox(&id);
         };
         let cell = {
@@ -119,17 +122,22 @@ impl Broker {
             entry.sandbox_id.clone()
         };
         // Concurrent calls with one key wait on the same creation; a failed one can be retried.
-        let result = cell.get_or_try_init(|| self.create_new(request)).await;
-        match result {
-            Ok(id) => self.get_sandbox(id),
-            Err(error) => {
-                let mut idempotency = self.inner.idempotency.lock().expect("lock poisoned");
-                if idempotency.get(&key).is_some_and(|e| e.sandbox_id.get().is_none()) {
+        let id = spawn_and_join(async move {
+            let result = cell.get_or_try_init(|| broker.create_new(request)).await.cloned();
+            if result.is_err() {
+                // Forget the key only if nobody else holds its cell (one more holder: the map).
+                let mut idempotency = broker.inner.idempotency.lock().expect("lock poisoned");
+                if idempotency
+                    .get(&key)
+                    .is_some_and(|e| Arc::ptr_eq(&e.sandbox_id, &cell) && Arc::strong_count(&cell) == 2)
+                {
                     idempotency.remove(&key);
                 }
-                Err(error)
             }
-        }
+            result
+        })
+        .await?;
+        self.get_sandbox(&id)
     }
 
     async fn create_new(&self, request: CreateSandbox) -> Result<String, BrokerError> {
@@ -257,8 +265,12 @@ impl Broker {
     /// Kills the sandbox (whole process trees) and records `KilledByRequest`. Ended: no-op.
     pub async fn kill_sandbox(&self, sandbox_id: &str) -> Result<(), BrokerError> {
         let entry = self.entry(sandbox_id)?;
-        end_sandbox(&self.inner, &entry, EndReason::KilledByRequest, "killed by request".into()).await;
-        Ok(())
+        let inner = self.inner.clone();
+        spawn_and_join(async move {
+            end_sandbox(&inner, &entry, EndReason::KilledByRequest, "killed by request".into()).await;
+            Ok(())
+        })
+        .await
     }
 
     /// Flips to refusing new sandboxes and ends every running one.
@@ -268,9 +280,13 @@ impl Broker {
             registry.shutting_down = true;
             registry.sandboxes.values().cloned().collect()
         };
-        let ends = entries
-            .iter()
-            .map(|entry| end_sandbox(&self.inner, entry, EndReason::BrokerShutdown, "broker shut down".into()));
+        // Spawned: if the caller's grace period runs out, the ends still complete.
+        let ends = entries.into_iter().map(|entry| {
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                end_sandbox(&inner, &entry, EndReason::BrokerShutdown, "broker shut down".into()).await
+            })
+        });
         futures_util::future::join_all(ends).await;
     }
 
@@ -279,11 +295,23 @@ impl Broker {
         sandbox_id: &str,
         request: StartProcess,
     ) -> Result<(String, Arc<Spool>), BrokerError> {
+        // In its own task: a caller that gives up must not leave a started process untracked.
+        let broker = self.clone();
+        let sandbox_id = sandbox_id.to_owned();
+        spawn_and_join(async move { broker.start_process_detached(&sandbox_id, request).await }).await
+    }
+
+    async fn start_process_detached(
+        &self,
+        sandbox_id: &str,
+        request: StartProcess,
+    ) -> Result<(String, Arc<Spool>), BrokerError> {
         let entry = self.running_entry(sandbox_id)?;
         let (process_id, spool) = {
             let mut state = entry.lock();
             let max = self.inner.limits.max_processes_per_sandbox;
-            if state.processes.len() >= max {
+            // Starts in progress count too, or concurrent starts could all pass the check.
+            if state.processes.len() + state.starting >= max {
                 return Err(BrokerError::ResourceExhausted(format!(
                     "process limit reached: sandbox {sandbox_id:?} already has {max} processes (SANDBOX_MAX_PROCESSES_PER_SANDBOX)"
                 )));
@@ -293,24 +321,13 @@ impl Broker {
             let dir = self.inner.spool_dir.join(sandbox_id).join(&process_id);
             let spool = Spool::create(dir, self.inner.limits.spool_bytes)
                 .map_err(|e| BrokerError::Unavailable(format!("cannot create output spool: {e}")))?;
+            state.starting += 1;
             (process_id, spool)
         };
-        let spec = ProcessSpec {
-            argv: request.argv.clone(),
-            cwd: request.cwd.clone(),
-            env: request.env,
-            stdin: request.stdin,
-        };
-        let started = match entry.handle.start_process(spec).await {
-            Ok(started) => started,
-            Err(error) => {
-                spool.remove();
-                return Err(error.into());
-            }
-        };
-        spool
-            .append(&EventBody::Started { pid: started.pid })
-            .map_err(|e| BrokerError::Unavailable(format!("cannot spool process output: {e}")))?;
+        let started = self.spawn_in(&entry, &spool, &request).await;
+        let mut state = entry.lock();
+        state.starting -= 1;
+        let started = started?;
         let process = Arc::new(ProcessEntry {
             id: process_id.clone(),
             argv: request.argv,
@@ -322,10 +339,40 @@ impl Broker {
             control: started.control,
             exit_code: Mutex::new(None),
         });
-        entry.lock().processes.push(process.clone());
+        state.processes.push(process.clone());
+        drop(state);
         tokio::spawn(process::pump(process, started.events, self.inner.redactor.clone()));
         tracing::info!(%sandbox_id, %process_id, pid = started.pid, "process started");
         Ok((process_id, spool))
+    }
+
+    /// Starts the process and records its `Started` event, undoing both on failure.
+    async fn spawn_in(
+        &self,
+        entry: &SandboxEntry,
+        spool: &Spool,
+        request: &StartProcess,
+    ) -> Result<crate::provider::StartedProcess, BrokerError> {
+        let spec = ProcessSpec {
+            argv: request.argv.clone(),
+            cwd: request.cwd.clone(),
+            env: request.env.clone(),
+            stdin: request.stdin,
+        };
+        let started = match entry.handle.start_process(spec).await {
+            Ok(started) => started,
+            Err(error) => {
+                spool.remove();
+                return Err(error.into());
+            }
+        };
+        if let Err(error) = spool.append(&EventBody::Started { pid: started.pid }) {
+            // Unrecorded output would break the seq guarantee: do not run it at all.
+            let _ = started.control.signal(Signal::Kill).await;
+            spool.remove();
+            return Err(BrokerError::Unavailable(format!("cannot spool process output: {error}")));
+        }
+        Ok(started)
     }
 
     fn process(&self, sandbox_id: &str, process_id: &str) -> Result<Arc<ProcessEntry>, BrokerError> {
@@ -409,6 +456,17 @@ impl Broker {
     }
 }
 
+/// Runs `work` as its own task and waits for it: if the caller is dropped the work still
+/// finishes, so no state is left half-changed.
+async fn spawn_and_join<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, BrokerError>> + Send + 'static,
+) -> Result<T, BrokerError> {
+    // The request's span (and so its trace id) goes along into the task.
+    tokio::spawn(tracing::Instrument::instrument(work, tracing::Span::current()))
+        .await
+        .unwrap_or_else(|error| Err(BrokerError::Unavailable(format!("internal task failed: {error}"))))
+}
+
 /// Ends `entry` once: kills its processes, waits for their output to be spooled, records why.
 async fn end_sandbox(inner: &Arc<Inner>, entry: &Arc<SandboxEntry>, reason: EndReason, message: String) {
     entry
@@ -472,7 +530,8 @@ async fn expire_when_due(inner: Weak<Inner>, entry: Arc<SandboxEntry>) {
                     "timed out: reached its deadline {} after creation",
                     humantime::format_duration(Duration::from_secs(lifetime.as_secs()))
                 );
-                end_sandbox(&inner, &entry, EndReason::TimedOut, message).await;
+                // Not cancelled with this task's caller: the end runs to completion.
+                let _ = tokio::spawn(async move { end_sandbox(&inner, &entry, EndReason::TimedOut, message).await }).await;
                 return;
             }
             () = entry.deadline_changed.notified() => {}

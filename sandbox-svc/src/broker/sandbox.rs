@@ -35,6 +35,8 @@ pub(super) struct SandboxMutable {
     pub ended: Option<Ended>,
     /// In start order; bounded by `Limits::max_processes_per_sandbox`.
     pub processes: Vec<Arc<ProcessEntry>>,
+    /// StartProcess calls between the limit check and their entry landing in `processes`.
+    pub starting: usize,
     pub next_process_number: u64,
 }
 
@@ -62,6 +64,7 @@ impl SandboxEntry {
                 deadline: Instant::now() + timeout,
                 ended: None,
                 processes: Vec::new(),
+                starting: 0,
                 next_process_number: 1,
             }),
             deadline_changed: Notify::new(),

@@ -125,6 +125,17 @@ impl SandboxService for SandboxGrpc {
         let status = |e| self.status("AttachProcess", e);
         let request = request.into_inner();
         let spool = self.broker.process_spool(&request.sandbox_id, &request.process_id).map_err(status)?;
+        let last_seq = spool.head().last_seq;
+        if request.after_seq > last_seq {
+            // A client cannot have seen it: resuming there would skip events or wait for nothing.
+            return Err(status(BrokerError::invalid(
+                "after_seq",
+                format!(
+                    "{} is beyond the last event of process {:?} (seq {last_seq})",
+                    request.after_seq, request.process_id
+                ),
+            )));
+        }
         let stream = self.open_stream(spool, request.process_id, request.after_seq).map_err(status)?;
         Ok(Response::new(stream))
     }

@@ -34,8 +34,15 @@ pub fn follow(
             // Mark the head seen before reading: an append after this wakes `changed` below.
             let finished = head.borrow_and_update().finished;
             if let Err(error) = reader.read_available(&mut batch) {
-                tracing::error!(%process_id, %error, "reading the output spool failed");
-                let _ = tx.send(Err(Status::internal("reading the output spool failed"))).await;
+                let status = if error.kind() == std::io::ErrorKind::NotFound {
+                    Status::not_found(format!(
+                        "output of process {process_id:?} was discarded: its sandbox was forgotten"
+                    ))
+                } else {
+                    tracing::error!(%process_id, %error, "reading the output spool failed");
+                    Status::internal("reading the output spool failed")
+                };
+                let _ = tx.send(Err(status)).await;
                 return;
             }
             if batch.is_empty() {
@@ -53,8 +60,10 @@ pub fn follow(
                 continue;
             }
             for event in batch.drain(..) {
-                if tx.send(Ok(convert::process_event(&process_id, event))).await.is_err() {
-                    return;
+                // A client that stopped reading must not hold the broker's shutdown.
+                tokio::select! {
+                    sent = tx.send(Ok(convert::process_event(&process_id, event))) => if sent.is_err() { return },
+                    () = shutdown.cancelled() => return,
                 }
             }
         }

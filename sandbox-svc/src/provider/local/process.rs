@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -14,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Mutex, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::provider::{ProcessControl, ProcessSignal, ProviderError, ProviderEvent, StartedProcess};
 
@@ -68,6 +70,7 @@ pub fn spawn(mut command: Command, stdin: bool) -> Result<(StartedProcess, Track
         pgid: pid as i32,
         alive: Arc::new(AtomicBool::new(true)),
         stdin: Mutex::new(stdin_pipe),
+        stdin_closing: CancellationToken::new(),
     });
     tokio::spawn(read_until_exit(child, stdout, stderr, events_tx, control.alive.clone(), done_tx));
     let started = StartedProcess { pid, events: events_rx, control };
@@ -164,27 +167,46 @@ async fn read_until_exit(
     let _ = done.send(true);
 }
 
+/// How long one SendProcessInput may wait for the process to read its stdin.
+const STDIN_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct LocalProcessControl {
     pgid: i32,
     alive: Arc<AtomicBool>,
+    /// One writer at a time; others are refused rather than queued (each would pin its data).
     stdin: Mutex<Option<ChildStdin>>,
+    /// Cancelled by `close_stdin`, so closing never waits behind a stuck write.
+    stdin_closing: CancellationToken,
 }
 
 #[async_trait]
 impl ProcessControl for LocalProcessControl {
     async fn write_stdin(&self, data: Bytes) -> Result<(), ProviderError> {
-        let mut stdin = self.stdin.lock().await;
+        let Ok(mut stdin) = self.stdin.try_lock() else {
+            return Err(ProviderError::FailedPrecondition(
+                "another write to this process's stdin is still in progress".into(),
+            ));
+        };
         let Some(pipe) = stdin.as_mut() else {
             return Err(ProviderError::FailedPrecondition(
                 "stdin is closed (start the process with stdin = true to write to it)".into(),
             ));
         };
-        pipe.write_all(&data)
-            .await
-            .map_err(|e| ProviderError::FailedPrecondition(format!("process no longer reads stdin: {e}")))
+        tokio::select! {
+            written = tokio::time::timeout(STDIN_WRITE_TIMEOUT, pipe.write_all(&data)) => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ProviderError::FailedPrecondition(format!("process no longer reads stdin: {e}"))),
+                Err(_) => Err(ProviderError::FailedPrecondition(format!(
+                    "process did not read its stdin within {}s; part of the data may have been written",
+                    STDIN_WRITE_TIMEOUT.as_secs()
+                ))),
+            },
+            () = self.stdin_closing.cancelled() => Err(ProviderError::FailedPrecondition("stdin was closed during the write".into())),
+        }
     }
 
     async fn close_stdin(&self) -> Result<(), ProviderError> {
+        self.stdin_closing.cancel();
         self.stdin.lock().await.take();
         Ok(())
     }
