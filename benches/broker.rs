@@ -13,10 +13,25 @@ use std::time::{Duration, Instant, SystemTime};
 use agentstudio_proto::sandbox::v1 as pb;
 use agentstudio_proto::sandbox::v1::process_event::Event;
 use agentstudio_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use tonic::{Request, Status};
 
 /// Masked in every output byte during the benchmarks, so redaction is on.
 const CANARY: &str = "ghp_BenchCanary0123456789abcdefghijklmnop";
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+type Client = SandboxServiceClient<InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>>;
+
+fn authorize(mut request: Request<()>) -> Result<Request<()>, Status> {
+    request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    Ok(request)
+}
+
+fn authorized_client(channel: Channel) -> Client {
+    SandboxServiceClient::with_interceptor(channel, authorize as fn(Request<()>) -> Result<Request<()>, Status>)
+        .max_decoding_message_size(64 << 20)
+}
 
 struct Broker {
     child: Child,
@@ -42,6 +57,7 @@ fn start_broker(extra_env: &[(&str, &str)]) -> Broker {
         .arg("--data-dir")
         .arg(data.path().join("data"))
         .env("SANDBOX_REDACT_SECRETS", CANARY)
+        .env("SANDBOX_AUTH_TOKEN", TOKEN)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -57,7 +73,7 @@ fn start_broker(extra_env: &[(&str, &str)]) -> Broker {
 
 /// A client tuned as the README recommends for bulk output: 1 MiB HTTP/2 frames and large
 /// flow-control windows (the defaults cut a 256 KiB event into sixteen 16 KiB frames).
-async fn connect(url: &str) -> SandboxServiceClient<Channel> {
+async fn connect(url: &str) -> Client {
     let channel = Channel::from_shared(url.to_owned())
         .unwrap()
         .max_frame_size(1 << 20)
@@ -66,10 +82,10 @@ async fn connect(url: &str) -> SandboxServiceClient<Channel> {
         .connect()
         .await
         .unwrap();
-    SandboxServiceClient::new(channel).max_decoding_message_size(64 << 20)
+    authorized_client(channel)
 }
 
-async fn create(client: &mut SandboxServiceClient<Channel>) -> String {
+async fn create(client: &mut Client) -> String {
     let request = pb::CreateSandboxRequest { template: "worker".into(), ..Default::default() };
     client.create_sandbox(request).await.unwrap().into_inner().sandbox.unwrap().sandbox_id
 }
@@ -227,7 +243,7 @@ async fn scale() {
         "mkfifo /tmp/tick; exec 3<>/tmp/tick; for i in $(seq 1 {lines}); do echo \"$i $EPOCHREALTIME\"; read -t 0.1 -u 3; done"
     );
     let channels: Vec<Channel> = futures_channels(&broker.url, 8).await;
-    let mut client = SandboxServiceClient::new(channels[0].clone());
+    let mut client = authorized_client(channels[0].clone());
     let mut ids = Vec::with_capacity(sandboxes);
     let begin = Instant::now();
     for _ in 0..sandboxes {
@@ -236,7 +252,7 @@ async fn scale() {
     let created_in = begin.elapsed();
     let mut tasks = Vec::with_capacity(sandboxes);
     for (i, id) in ids.iter().enumerate() {
-        let mut client = SandboxServiceClient::new(channels[i % channels.len()].clone());
+        let mut client = authorized_client(channels[i % channels.len()].clone());
         let request = pb::StartProcessRequest {
             sandbox_id: id.clone(),
             argv: vec!["bash".into(), "-c".into(), script.clone()],

@@ -148,6 +148,47 @@ fn traceparent_from_the_caller_reaches_the_logs() {
 }
 
 #[test]
+fn without_a_configured_token_up_generates_one_that_only_studio_finds() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_studio"))
+        .env_remove("SANDBOX_AUTH_TOKEN")
+        .current_dir(cwd.path())
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
+    let address = first_line.split("grpc://").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
+    let url = format!("http://{address}");
+    let token_file = cwd.path().join(".studio/sandbox/auth-token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token_file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the generated token is owner-only");
+    let studio_here = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_studio"))
+            .env_remove("SANDBOX_AUTH_TOKEN")
+            .env("STUDIO_BROKER_URL", &url)
+            .current_dir(cwd.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let listed = studio_here(&["sandbox", "ls"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let elsewhere = studio()
+        .env_remove("SANDBOX_AUTH_TOKEN")
+        .env("STUDIO_BROKER_URL", &url)
+        .args(["sandbox", "ls"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&elsewhere.stderr).contains("Unauthenticated"), "no token, no access");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}
+
+#[test]
 fn without_bubblewrap_up_refuses_and_names_the_package() {
     let data = tempfile::tempdir().unwrap();
     let output = studio()

@@ -18,4 +18,4 @@ pub mod template;
 pub mod workspace_path;
 
 pub use config::BrokerConfig;
-pub use server::{run, serve, shutdown_signal};
+pub use server::{GENERATED_TOKEN_FILE, Ready, run, serve, serve_with_ready, shutdown_signal};

@@ -20,6 +20,7 @@ use crate::grpc::auth::BearerAuth;
 use crate::provider::SandboxProvider;
 use crate::provider::local::{LocalOptions, LocalProvider};
 use crate::redact::Redactor;
+use crate::secret::SecretString;
 use crate::template::TemplateCatalog;
 
 /// Binds `config.listen_addr` and serves until `shutdown` resolves.
@@ -40,6 +41,25 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    serve_with_ready(config, listener, shutdown, |_| {}).await
+}
+
+/// What a started broker tells whoever started it.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub address: std::net::SocketAddr,
+    pub provider: &'static str,
+    /// Set when the broker generated its auth token (none was configured).
+    pub generated_token_file: Option<std::path::PathBuf>,
+}
+
+/// [`serve`], calling `on_ready` once the broker accepts requests.
+pub async fn serve_with_ready(
+    config: BrokerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    on_ready: impl FnOnce(&Ready),
+) -> anyhow::Result<()> {
     let mut config = config;
     config.load_secret_files()?;
     config.validate()?;
@@ -47,12 +67,19 @@ pub async fn serve(
     if !local_addr.ip().is_loopback() && config.auth_token.is_none() {
         anyhow::bail!(crate::config::ConfigError::TokenRequired(local_addr));
     }
-    let secrets = config.secrets();
-    let redactor = Redactor::new(secrets.iter().map(|s| s.expose())).context("invalid secret to redact")?;
-    let templates = TemplateCatalog::load(&config.templates_dir)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let data_dir = config.data_dir.canonicalize()?;
+    let mut generated_token_file = None;
+    if config.auth_token.is_none() {
+        // Even on loopback: a sandbox with network access can reach 127.0.0.1 too.
+        let path = data_dir.join(GENERATED_TOKEN_FILE);
+        config.auth_token = Some(generate_token(&path)?);
+        generated_token_file = Some(path);
+    }
+    let secrets = config.secrets();
+    let redactor = Redactor::new(secrets.iter().map(|s| s.expose())).context("invalid secret to redact")?;
+    let templates = TemplateCatalog::load(&config.templates_dir)?;
     let spool_dir = data_dir.join("spool");
     let workspaces_dir = data_dir.join("workspaces");
     // A previous broker's sandboxes died with it (local processes die with their parent):
@@ -114,6 +141,7 @@ pub async fn serve(
         );
     let mut server = tokio::spawn(server);
     tracing::info!(address = %local_addr, provider = provider.name(), data_dir = %data_dir.display(), "sandbox broker listening");
+    on_ready(&Ready { address: local_addr, provider: provider.name(), generated_token_file });
 
     tokio::select! {
         () = shutdown => {}
@@ -138,6 +166,27 @@ pub async fn serve(
     }
     tracing::info!("sandbox broker stopped");
     Ok(())
+}
+
+/// Where a broker started without a token writes the one it generated (in its data dir, which
+/// sandboxes cannot see). `studio` reads it from there.
+pub const GENERATED_TOKEN_FILE: &str = "auth-token";
+
+/// A fresh random token (122 bits), written owner-only to `path`.
+fn generate_token(path: &Path) -> anyhow::Result<SecretString> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write the generated auth token to {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    tracing::info!(path = %path.display(), "no SANDBOX_AUTH_TOKEN given: generated one; clients read it from this file");
+    Ok(SecretString::new(token))
 }
 
 fn remove_stale(dir: &Path) -> anyhow::Result<()> {

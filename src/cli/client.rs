@@ -26,7 +26,7 @@ pub async fn connect(args: &BrokerClientArgs) -> anyhow::Result<BrokerClient> {
         .connect()
         .await
         .with_context(|| format!("cannot reach the broker at {} (is `studio up` running?)", args.url))?;
-    let header = match &args.token {
+    let header = match &args.resolve_token()? {
         Some(token) => Some(
             format!("Bearer {}", token.expose())
                 .parse::<tonic::metadata::AsciiMetadataValue>()

@@ -26,6 +26,28 @@ pub struct BrokerClientArgs {
     /// Bearer token for the broker.
     #[arg(long = "token", env = "SANDBOX_AUTH_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<SecretString>,
+    /// File holding the token; default: the one `studio up` generates in its data dir.
+    #[arg(long = "token-file", env = "SANDBOX_AUTH_TOKEN_FILE", global = true)]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl BrokerClientArgs {
+    /// The token to send: given, read from the given file, or the one `studio up` generated.
+    pub fn resolve_token(&self) -> anyhow::Result<Option<SecretString>> {
+        if let Some(token) = self.token.as_ref().filter(|t| !t.expose().is_empty()) {
+            return Ok(Some(token.clone()));
+        }
+        let default = std::path::Path::new(".studio/sandbox").join(sandbox_svc::GENERATED_TOKEN_FILE);
+        let (path, required) = match &self.token_file {
+            Some(path) => (path.clone(), true),
+            None => (default, false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(token) => Ok(Some(SecretString::new(token.trim_end()))),
+            Err(error) if !required && error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(anyhow::anyhow!("cannot read the token file {}: {error}", path.display())),
+        }
+    }
 }
 
 #[derive(Subcommand)]

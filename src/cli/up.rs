@@ -1,7 +1,7 @@
 //! `studio up`: the whole system in one process, on its embedded defaults.
 
-use sandbox_svc::BrokerConfig;
 use sandbox_svc::telemetry::{self, LogFormat};
+use sandbox_svc::{BrokerConfig, Ready};
 use std::io::Write;
 
 use tokio::net::TcpListener;
@@ -20,15 +20,18 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
     args.broker.load_secret_files()?;
     args.broker.validate()?;
     let listener = TcpListener::bind(args.broker.listen_addr).await?;
-    let address = listener.local_addr()?;
-    // Whoever started us may read only the first line (scripts, tests) and close the pipe:
-    // a failed print must not take the broker down.
-    let banner = format!(
-        "sandbox broker: grpc://{address} (provider {}; Ctrl-C to stop)\n\
-         try: studio sandbox create   then   studio exec <sandbox> -- echo hello\n",
-        args.broker.provider
-    );
+    sandbox_svc::serve_with_ready(args.broker, listener, sandbox_svc::shutdown_signal(), print_banner).await
+}
+
+/// The first line carries the address; scripts and tests read it and may close the pipe, so a
+/// failed print must not take the broker down.
+fn print_banner(ready: &Ready) {
+    let mut banner =
+        format!("sandbox broker: grpc://{} (provider {}; Ctrl-C to stop)\n", ready.address, ready.provider);
+    if let Some(path) = &ready.generated_token_file {
+        banner.push_str(&format!("auth token: generated in {} (studio commands run here find it)\n", path.display()));
+    }
+    banner.push_str("try: studio sandbox create   then   studio exec <sandbox> -- echo hello\n");
     let mut stdout = std::io::stdout();
     let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
-    sandbox_svc::serve(args.broker, listener, sandbox_svc::shutdown_signal()).await
 }
