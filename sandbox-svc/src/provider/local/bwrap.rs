@@ -74,7 +74,18 @@ impl BwrapInvocation<'_> {
         if !self.network {
             push(&[&"--unshare-net"]);
         }
-        push(&[&"--uid", &SANDBOX_UID, &"--gid", &SANDBOX_UID, &"--cap-drop", &"ALL", &"--hostname", &"sandbox"]);
+        // --new-session: no controlling terminal, so no TIOCSTI keystroke injection.
+        push(&[
+            &"--uid",
+            &SANDBOX_UID,
+            &"--gid",
+            &SANDBOX_UID,
+            &"--cap-drop",
+            &"ALL",
+            &"--hostname",
+            &"sandbox",
+            &"--new-session",
+        ]);
         for (path, target) in &self.layout.entries {
             match target {
                 Some(target) => push(&[&"--symlink", target, path]),
@@ -142,6 +153,7 @@ mod tests {
         for expected in [
             "--unshare-user --unshare-pid --unshare-ipc --unshare-uts --unshare-net",
             "--cap-drop ALL",
+            "--new-session",
             "--ro-bind /usr /usr",
             "--symlink usr/bin /bin",
             "--tmpfs /usr/private",

@@ -69,6 +69,7 @@ pub struct LocalOptions {
 }
 
 pub struct LocalProvider {
+    spawner: Spawner,
     workspaces_dir: PathBuf,
     /// Set when `workspaces_dir` is a private temp directory this provider removes on drop.
     owns_workspaces_dir: bool,
@@ -116,7 +117,13 @@ impl LocalProvider {
             }
             None => return Err(LocalProviderError::BubblewrapMissing),
         };
-        Ok(LocalProvider { workspaces_dir, owns_workspaces_dir, isolation, run_as: options.run_as })
+        Ok(LocalProvider {
+            spawner: Spawner::start()?,
+            workspaces_dir,
+            owns_workspaces_dir,
+            isolation,
+            run_as: options.run_as,
+        })
     }
 
     pub fn isolation(&self) -> &Isolation {
@@ -129,6 +136,51 @@ impl Drop for LocalProvider {
         if self.owns_workspaces_dir {
             let _ = std::fs::remove_dir_all(&self.workspaces_dir);
         }
+    }
+}
+
+type SpawnJob = Box<dyn FnOnce() + Send>;
+
+/// The one thread that starts sandbox processes.
+///
+/// Spawning forks the broker (changing uid rules out posix_spawn), which should not stall the
+/// runtime's workers in a burst of starts. It cannot go to tokio's blocking pool either:
+/// bubblewrap's `--die-with-parent` is `PR_SET_PDEATHSIG`, which fires when the *thread* that
+/// forked it exits, and pool threads exit when idle — killing every sandbox they started.
+/// This thread lives as long as any sandbox of the provider.
+#[derive(Clone)]
+struct Spawner {
+    jobs: std::sync::mpsc::Sender<SpawnJob>,
+}
+
+impl Spawner {
+    fn start() -> Result<Spawner, LocalProviderError> {
+        let runtime = tokio::runtime::Handle::current();
+        let (jobs, queue) = std::sync::mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("sandbox-spawner".into())
+            .spawn(move || {
+                // tokio::process registers children with the runtime's reaper from here.
+                let _runtime = runtime.enter();
+                while let Ok(job) = queue.recv() {
+                    job();
+                }
+            })
+            .map_err(|source| LocalProviderError::Io { path: "sandbox-spawner thread".into(), source })?;
+        Ok(Spawner { jobs })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
+    ) -> Result<T, ProviderError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: SpawnJob = Box::new(move || {
+            let _ = done.send(job());
+        });
+        let gone = || ProviderError::Unavailable("the process spawner thread is gone".into());
+        self.jobs.send(job).map_err(|_| gone())?;
+        result.await.map_err(|_| gone())?
     }
 }
 
@@ -207,23 +259,30 @@ impl SandboxProvider for LocalProvider {
             tracing::warn!(sandbox_id = %spec.sandbox_id, "sandbox runs WITHOUT isolation");
         }
         Ok(Arc::new(LocalSandbox {
+            spawner: self.spawner.clone(),
             workspace,
             run_as,
             isolation: self.isolation.clone(),
             network: spec.template.network,
             env: spec.env,
-            processes: std::sync::Mutex::new(Vec::new()),
-            killed: AtomicBool::new(false),
+            tracker: Arc::default(),
         }))
     }
 }
 
 struct LocalSandbox {
+    spawner: Spawner,
     workspace: PathBuf,
     run_as: Option<(u32, u32)>,
     isolation: Isolation,
     network: bool,
     env: BTreeMap<String, String>,
+    tracker: Arc<ProcessTracker>,
+}
+
+/// The sandbox's live processes; shared with the blocking threads that spawn them.
+#[derive(Default)]
+struct ProcessTracker {
     processes: std::sync::Mutex<Vec<TrackedProcess>>,
     killed: AtomicBool,
 }
@@ -287,16 +346,22 @@ impl ProviderSandbox for LocalSandbox {
         if let Some(cwd) = &spec.cwd {
             fs::check_directory(&self.workspace, cwd)?;
         }
-        // Spawn under the lock `kill` takes, so no process can start after kill collected them.
-        let mut processes = self.processes.lock().expect("lock poisoned");
-        if self.killed.load(Ordering::SeqCst) {
-            return Err(ProviderError::FailedPrecondition("sandbox was killed".into()));
-        }
-        let (started, tracked) = process::spawn(self.command(&spec), spec.stdin)?;
-        // Drop bookkeeping for processes that are gone, so the list stays bounded by live ones.
-        processes.retain(|p| !*p.done.borrow());
-        processes.push(tracked);
-        Ok(started)
+        let command = self.command(&spec);
+        let tracker = self.tracker.clone();
+        self.spawner
+            .run(move || {
+                // Under the lock `kill` takes, so no process can start after kill collected them.
+                let mut processes = tracker.processes.lock().expect("lock poisoned");
+                if tracker.killed.load(Ordering::SeqCst) {
+                    return Err(ProviderError::FailedPrecondition("sandbox was killed".into()));
+                }
+                let (started, tracked) = process::spawn(command, spec.stdin)?;
+                // Drop bookkeeping for processes that are gone, so the list stays bounded by live ones.
+                processes.retain(|p| !*p.done.borrow());
+                processes.push(tracked);
+                Ok(started)
+            })
+            .await
     }
 
     async fn write_file(&self, path: &WorkspacePath, content: Bytes) -> Result<(), ProviderError> {
@@ -316,8 +381,8 @@ impl ProviderSandbox for LocalSandbox {
 
     async fn kill(&self) -> Result<(), ProviderError> {
         let waits: Vec<_> = {
-            let processes = self.processes.lock().expect("lock poisoned");
-            self.killed.store(true, Ordering::SeqCst);
+            let processes = self.tracker.processes.lock().expect("lock poisoned");
+            self.tracker.killed.store(true, Ordering::SeqCst);
             // Exited ones are skipped: their pgid may already belong to someone else.
             processes
                 .iter()

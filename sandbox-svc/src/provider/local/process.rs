@@ -42,14 +42,10 @@ pub fn spawn(mut command: Command, stdin: bool) -> Result<(StartedProcess, Track
         .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, signalled as a whole. (The sandboxed program itself also
+        // gets a new session from bubblewrap, so it has no terminal to push keystrokes into.)
+        .process_group(0)
         .kill_on_drop(false);
-    // A new session (and with it a new process group to signal as a whole) with no
-    // controlling terminal: a sandboxed process cannot push keystrokes into the terminal
-    // `studio up` runs in (TIOCSTI).
-    // SAFETY: setsid is async-signal-safe and touches no memory.
-    unsafe {
-        command.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
-    }
     let mut child = command.spawn().map_err(|e| ProviderError::Unavailable(format!("cannot start process: {e}")))?;
     let pid = child.id().expect("a just-spawned child has a pid");
     let to_pipe = |fd: std::io::Result<std::os::fd::OwnedFd>| {
