@@ -31,13 +31,18 @@ fn up() -> Up {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let address = read_address(&mut child);
+    Up { child, url: format!("http://{address}"), _data: data, log }
+}
+
+/// The address from the first line `studio up` prints, once it is ready.
+fn read_address(child: &mut Child) -> String {
     let mut first_line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
-    let address =
-        first_line.split("grpc://").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_else(|| {
-            panic!("no address in {first_line:?}: {}", std::fs::read_to_string(&log).unwrap_or_default())
-        });
-    Up { child, url: format!("http://{address}"), _data: data, log }
+    match first_line.split("grpc://").nth(1).and_then(|rest| rest.split_whitespace().next()) {
+        Some(address) => address.to_owned(),
+        None => panic!("no address in {first_line:?}"),
+    }
 }
 
 fn run(up: &Up, args: &[&str]) -> std::process::Output {
@@ -158,9 +163,7 @@ fn without_a_configured_token_up_generates_one_that_only_studio_finds() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut first_line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
-    let address = first_line.split("grpc://").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
+    let address = read_address(&mut child);
     let url = format!("http://{address}");
     let token_file = cwd.path().join(".studio/sandbox/auth-token");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token_file).unwrap().permissions());
@@ -259,9 +262,7 @@ fn spans_are_exported_over_otlp_with_the_callers_trace_id() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut first_line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
-    let address = first_line.split("grpc://").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
+    let address = read_address(&mut child);
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {

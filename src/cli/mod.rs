@@ -53,7 +53,7 @@ impl BrokerClientArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Start the system on its embedded defaults (the sandbox broker on 127.0.0.1:50052).
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Create, list, inspect and kill sandboxes.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
@@ -67,7 +67,7 @@ enum Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up(args) => up::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Up(args) => up::run(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Sandbox(command) => sandbox::run(command).await.map(|()| ExitCode::SUCCESS),
         Command::Exec(args) => sandbox::exec(args).await,
         Command::Attach(args) => sandbox::attach(args).await,

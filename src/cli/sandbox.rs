@@ -114,7 +114,7 @@ pub async fn run(command: SandboxCommand) -> anyhow::Result<()> {
             let request = pb::CreateSandboxRequest {
                 template: args.template,
                 env: args.env.into_iter().collect(),
-                timeout: args.timeout.map(|t| prost_duration(t)).transpose()?,
+                timeout: args.timeout.map(prost_duration).transpose()?,
                 metadata: args.metadata.into_iter().collect(),
                 idempotency_key: args.idempotency_key.unwrap_or_default(),
             };

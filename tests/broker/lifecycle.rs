@@ -40,12 +40,7 @@ async fn kill_leaves_no_process_behind_and_records_the_cause() {
     assert_eq!(ended.end_reason, pb::SandboxEndReason::KilledByRequest as i32);
     assert!(ended.ended_at.is_some());
     assert!(!broker.workspaces().join(&sandbox.sandbox_id).exists(), "workspace removed");
-    let processes = client
-        .list_processes(pb::ListProcessesRequest { sandbox_id: sandbox.sandbox_id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .processes;
+    let processes = processes(&mut client, &sandbox.sandbox_id).await;
     assert!(processes.iter().all(|p| !p.running && p.exit_code.is_some()), "{processes:?}");
     // Killing again is a no-op; using it is refused with the reason.
     client.kill_sandbox(pb::KillSandboxRequest { sandbox_id: sandbox.sandbox_id.clone() }).await.unwrap();

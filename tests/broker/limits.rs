@@ -80,9 +80,7 @@ async fn concurrent_streams() {
         async move { client.attach_process(attach).await.is_ok() }
     })
     .await;
-    let processes =
-        client.list_processes(pb::ListProcessesRequest { sandbox_id: sandbox.sandbox_id.clone() }).await.unwrap();
-    assert_eq!(processes.into_inner().processes.len(), 1);
+    assert_eq!(processes(&mut client, &sandbox.sandbox_id).await.len(), 1);
     broker.stop().await.unwrap();
 }
 

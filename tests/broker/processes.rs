@@ -132,8 +132,7 @@ async fn a_process_keeps_running_and_spooling_while_nobody_is_attached() {
         let mut client = client.clone();
         let sandbox_id = sandbox_id.clone();
         async move {
-            let request = pb::ListProcessesRequest { sandbox_id };
-            let processes = client.list_processes(request).await.unwrap().into_inner().processes;
+            let processes = processes(&mut client, &sandbox_id).await;
             processes.len() == 1 && !processes[0].running && processes[0].exit_code == Some(0)
         }
     })
@@ -268,12 +267,7 @@ async fn list_processes_reports_argv_tag_state_and_exit_code() {
     let mut request = start_request(&sandbox.sandbox_id, "exit 4");
     request.tag = "build".into();
     collect(client.start_process(request).await.unwrap().into_inner()).await;
-    let processes = client
-        .list_processes(pb::ListProcessesRequest { sandbox_id: sandbox.sandbox_id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .processes;
+    let processes = processes(&mut client, &sandbox.sandbox_id).await;
     assert_eq!(processes.len(), 1);
     let p = &processes[0];
     assert_eq!((p.process_id.as_str(), p.tag.as_str(), p.running, p.exit_code), ("p1", "build", false, Some(4)));

@@ -125,6 +125,11 @@ pub async fn create_with(client: &mut Client, request: pb::CreateSandboxRequest)
     client.create_sandbox(request).await.expect("create sandbox").into_inner().sandbox.expect("sandbox")
 }
 
+pub async fn processes(client: &mut Client, sandbox_id: &str) -> Vec<pb::ProcessInfo> {
+    let request = pb::ListProcessesRequest { sandbox_id: sandbox_id.into() };
+    client.list_processes(request).await.expect("list processes").into_inner().processes
+}
+
 pub fn start_request(sandbox_id: &str, script: &str) -> pb::StartProcessRequest {
     pb::StartProcessRequest {
         sandbox_id: sandbox_id.into(),
@@ -152,23 +157,22 @@ pub async fn run(client: &mut Client, sandbox_id: &str, script: &str) -> Vec<pb:
 }
 
 pub fn stdout_of(events: &[pb::ProcessEvent]) -> String {
-    let mut out = Vec::new();
-    for event in events {
-        if let Some(Event::Stdout(data)) = &event.event {
-            out.extend_from_slice(data);
-        }
-    }
-    String::from_utf8(out).expect("utf-8 output")
+    text_of(events, |event| match event {
+        Event::Stdout(data) => Some(data),
+        _ => None,
+    })
 }
 
 pub fn stderr_of(events: &[pb::ProcessEvent]) -> String {
-    let mut out = Vec::new();
-    for event in events {
-        if let Some(Event::Stderr(data)) = &event.event {
-            out.extend_from_slice(data);
-        }
-    }
-    String::from_utf8(out).expect("utf-8 output")
+    text_of(events, |event| match event {
+        Event::Stderr(data) => Some(data),
+        _ => None,
+    })
+}
+
+fn text_of(events: &[pb::ProcessEvent], pick: impl Fn(&Event) -> Option<&bytes::Bytes>) -> String {
+    let bytes: Vec<u8> = events.iter().filter_map(|e| e.event.as_ref().and_then(&pick)).flatten().copied().collect();
+    String::from_utf8(bytes).expect("utf-8 output")
 }
 
 pub fn exit_of(events: &[pb::ProcessEvent]) -> Option<pb::process_event::Exited> {
