@@ -68,7 +68,9 @@ pub struct SpoolHead {
 }
 
 struct Segment {
-    file: File,
+    /// Open while the spool is live. Closed when it finishes, so an exited process holds no
+    /// descriptor; readers of a finished spool open the path for as long as they read it.
+    file: Mutex<Option<Arc<File>>>,
     path: PathBuf,
     first_seq: u64,
     /// Bytes of complete records; readers never read past it.
@@ -178,7 +180,7 @@ impl Spool {
         header[8] = kind;
         header[12..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         let offset = segment.len.load(Ordering::Relaxed);
-        write_all_at(&segment.file, &header, &payload, offset)?;
+        write_all_at(&*segment.file()?, &header, &payload, offset)?;
         segment.len.store(offset + record_len, Ordering::Release);
         state.total_bytes += record_len;
         state.next_seq = seq + 1;
@@ -192,9 +194,13 @@ impl Spool {
     /// Marks the spool complete: readers that reach the end stop instead of waiting.
     pub fn finish(&self) {
         let mut state = self.state.lock().expect("spool lock poisoned");
-        // Nobody follows a finished spool live: give the window's memory back.
+        // Nobody follows a finished spool live: give the window's memory and the files back.
         state.recent.clear();
         state.recent_bytes = 0;
+        state.spare = None;
+        for segment in &state.segments {
+            segment.file.lock().expect("segment lock poisoned").take();
+        }
         self.head.send_modify(|head| head.finished = true);
     }
 
@@ -233,7 +239,7 @@ impl Spool {
         }
         state.next_segment_number += 1;
         state.segments.push_back(Arc::new(Segment {
-            file,
+            file: Mutex::new(Some(Arc::new(file))),
             path,
             first_seq,
             len: AtomicU64::new(0),
@@ -249,8 +255,14 @@ impl Spool {
             // Nobody else holds it (readers only get segments under this lock): recycle the file.
             let oldest = match Arc::try_unwrap(oldest) {
                 Ok(segment) if state.spare.is_none() => {
-                    state.spare = Some((segment.file, segment.path));
-                    continue;
+                    let file = segment.file.into_inner().expect("segment lock poisoned");
+                    match file.map(Arc::try_unwrap) {
+                        Some(Ok(file)) => {
+                            state.spare = Some((file, segment.path));
+                            continue;
+                        }
+                        _ => Arc::new(Segment { file: Mutex::new(None), ..segment }),
+                    }
                 }
                 Ok(segment) => Arc::new(segment),
                 Err(shared) => shared,
@@ -312,6 +324,22 @@ impl Spool {
     }
 }
 
+impl Segment {
+    /// The open file, or (once the spool finished) a fresh handle on the path.
+    fn file(&self) -> io::Result<Arc<File>> {
+        if let Some(file) = self.file.lock().expect("segment lock poisoned").as_ref() {
+            return Ok(file.clone());
+        }
+        File::open(&self.path).map(Arc::new).map_err(|error| {
+            if error.kind() == io::ErrorKind::NotFound {
+                io::Error::new(io::ErrorKind::NotFound, "the spool was removed")
+            } else {
+                error
+            }
+        })
+    }
+}
+
 enum Locate {
     Found(Arc<Segment>),
     Evicted { first_available_seq: u64 },
@@ -360,8 +388,8 @@ fn write_all_at(file: &File, header: &[u8], payload: &[u8], mut offset: u64) -> 
 pub struct SpoolReader {
     spool: Arc<Spool>,
     next_seq: u64,
-    /// The segment being read and the byte offset of the next record in it.
-    current: Option<(Arc<Segment>, u64)>,
+    /// The segment being read, its file, and the byte offset of the next record in it.
+    current: Option<(Arc<Segment>, Arc<File>, u64)>,
     /// After reading from the in-memory window: `(segment first_seq, offset)` where the disk
     /// read resumes if the reader falls behind it.
     resume_at: Option<(u64, u64)>,
@@ -382,7 +410,7 @@ impl SpoolReader {
             return Ok(());
         }
         loop {
-            let (segment, offset) = match self.current.take() {
+            let (segment, file, offset) = match self.current.take() {
                 Some(current) => current,
                 None => match self.spool.locate(self.next_seq) {
                     Locate::Found(segment) => {
@@ -390,7 +418,8 @@ impl SpoolReader {
                             Some((first_seq, offset)) if first_seq == segment.first_seq => offset,
                             _ => 0,
                         };
-                        (segment, offset)
+                        let file = segment.file()?;
+                        (segment, file, offset)
                     }
                     Locate::NotYetWritten => return Ok(()),
                     Locate::Removed => {
@@ -411,8 +440,8 @@ impl SpoolReader {
             let available = segment.len.load(Ordering::Acquire);
             if offset < available {
                 let before = out.len();
-                let consumed = self.read_records(&segment, offset, available, out)?;
-                self.current = Some((segment, offset + consumed));
+                let consumed = self.read_records(&file, offset, available, out)?;
+                self.current = Some((segment, file, offset + consumed));
                 if out.len() > before {
                     return Ok(());
                 }
@@ -420,7 +449,7 @@ impl SpoolReader {
                 continue;
             }
             if !sealed {
-                self.current = Some((segment, offset));
+                self.current = Some((segment, file, offset));
                 return Ok(());
             }
             // Done with this segment: the next lookup finds the one holding `next_seq`.
@@ -429,17 +458,17 @@ impl SpoolReader {
 
     fn read_records(
         &mut self,
-        segment: &Segment,
+        file: &File,
         offset: u64,
         available: u64,
         out: &mut Vec<SpooledEvent>,
     ) -> io::Result<u64> {
         let mut want = (available - offset).min(READ_BATCH_BYTES);
         let mut header = [0u8; HEADER_LEN];
-        segment.file.read_exact_at(&mut header, offset)?;
+        file.read_exact_at(&mut header, offset)?;
         let first_record = HEADER_LEN as u64 + u32::from_le_bytes(header[12..16].try_into().unwrap()) as u64;
         want = want.max(first_record);
-        let buf = read_exact_uninit(&segment.file, want as usize, offset)?;
+        let buf = read_exact_uninit(file, want as usize, offset)?;
         let mut pos = 0usize;
         while pos + HEADER_LEN <= buf.len() {
             let seq = u64::from_le_bytes(buf[pos..pos + 8].try_into().unwrap());
@@ -624,6 +653,24 @@ mod tests {
         let mut out = Vec::new();
         spool.reader(19_990).read_available(&mut out).unwrap();
         assert_eq!(out.first().map(|e| e.seq), Some(19_991));
+    }
+
+    #[test]
+    fn a_finished_spool_holds_no_descriptor_and_still_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path().join("p"), 64 << 10).unwrap();
+        for i in 0..3000 {
+            spool.append(&stdout(&format!("{i:>40}\n"))).unwrap();
+        }
+        spool.finish();
+        let state = spool.state.lock().unwrap();
+        assert!(state.segments.iter().all(|s| s.file.lock().unwrap().is_none()) && state.spare.is_none());
+        drop(state);
+        let events = read_all(&mut spool.reader(2990));
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), (2991..=3000).collect::<Vec<_>>());
+        spool.remove();
+        let error = spool.reader(0).read_available(&mut Vec::new()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]
