@@ -70,6 +70,9 @@ pub async fn serve_with_ready(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let data_dir = config.data_dir.canonicalize()?;
+    // Others may pass through (a sandbox user must reach its workspace) but not list it.
+    std::fs::set_permissions(&data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+        .with_context(|| format!("cannot restrict data dir {}", data_dir.display()))?;
     let mut generated_token_file = None;
     if config.auth_token.is_none() {
         // Even on loopback: a sandbox with network access can reach 127.0.0.1 too.
@@ -87,20 +90,13 @@ pub async fn serve_with_ready(
     remove_stale(&spool_dir)?;
     remove_stale(&workspaces_dir)?;
     let provider: Arc<dyn SandboxProvider> = match config.provider.as_str() {
-        "local" => {
-            // The data dir and every secret file stay invisible even under an allowed root.
-            let mut hidden = vec![data_dir.clone()];
-            hidden.extend(config.hide_paths.iter().cloned());
-            let secret_files = [&config.auth_token_file, &config.e2b_api_key_file, &config.github_token_file];
-            hidden.extend(secret_files.into_iter().flatten().filter_map(|f| f.canonicalize().ok()));
-            Arc::new(LocalProvider::new(LocalOptions {
-                workspaces_dir,
-                root_paths: config.root_paths.clone(),
-                hidden,
-                run_as: config.local_run_as()?,
-                unsafe_no_isolation: config.unsafe_no_isolation,
-            })?)
-        }
+        "local" => Arc::new(LocalProvider::new(LocalOptions {
+            workspaces_dir,
+            root_paths: config.root_paths.clone(),
+            hidden: hidden_paths(&config, &data_dir)?,
+            run_as: config.local_run_as()?,
+            unsafe_no_isolation: config.unsafe_no_isolation,
+        })?),
         other => anyhow::bail!("unknown SANDBOX_PROVIDER {other:?}; available providers: local"),
     };
     raise_open_file_limit();
@@ -187,6 +183,33 @@ fn generate_token(path: &Path) -> anyhow::Result<SecretString> {
     writeln!(file, "{token}")?;
     tracing::info!(path = %path.display(), "no SANDBOX_AUTH_TOKEN given: generated one; clients read it from this file");
     Ok(SecretString::new(token))
+}
+
+/// What `local` sandboxes must not see even under an allowed root: the data dir, the
+/// directory the broker runs in (a checkout with a `.env`), the directories of secret files
+/// (whole, so a rotated Kubernetes secret stays hidden), and the configured paths.
+fn hidden_paths(config: &BrokerConfig, data_dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    // Covering a bound root (or `/`) itself would hide what sandboxes need to run.
+    let too_wide = |path: &Path| config.root_paths.iter().any(|root| root.starts_with(path));
+    let mut hidden = vec![data_dir.to_owned()];
+    hidden.extend(std::env::current_dir().ok().and_then(|cwd| cwd.canonicalize().ok()).filter(|cwd| !too_wide(cwd)));
+    let secret_files = [&config.auth_token_file, &config.e2b_api_key_file, &config.github_token_file];
+    for file in secret_files.into_iter().flatten() {
+        let absolute = std::path::absolute(file)?;
+        match absolute.parent().filter(|dir| !too_wide(dir)) {
+            Some(dir) => hidden.extend([dir.to_owned()].into_iter().chain(dir.canonicalize().ok())),
+            None => hidden.extend([absolute.clone()].into_iter().chain(absolute.canonicalize().ok())),
+        }
+    }
+    for path in &config.hide_paths {
+        match path.canonicalize() {
+            Ok(path) => hidden.push(path),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "SANDBOX_LOCAL_HIDE_PATHS entry cannot be hidden")
+            }
+        }
+    }
+    Ok(hidden)
 }
 
 fn remove_stale(dir: &Path) -> anyhow::Result<()> {

@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, IoSlice};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -114,7 +114,8 @@ impl Spool {
     /// Creates `dir` and an empty spool holding at most about `limit_bytes` of records (its
     /// files take at most `limit_bytes` plus two segments of disk).
     pub fn create(dir: PathBuf, limit_bytes: u64) -> io::Result<Arc<Spool>> {
-        std::fs::create_dir_all(&dir)?;
+        // Process output is private to the broker: owner-only, like the files below.
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
         // Eight segments: eviction drops at most an eighth of the history at a time.
         let segment_bytes = (limit_bytes / 8).clamp(16 << 10, 8 << 20);
         Ok(Arc::new(Spool {
@@ -197,7 +198,9 @@ impl Spool {
         // Nobody follows a finished spool live: give the window's memory and the files back.
         state.recent.clear();
         state.recent_bytes = 0;
-        state.spare = None;
+        if let Some((_, path)) = state.spare.take() {
+            let _ = std::fs::remove_file(path);
+        }
         for segment in &state.segments {
             segment.file.lock().expect("segment lock poisoned").take();
         }
@@ -231,7 +234,7 @@ impl Spool {
             Some(spare) => spare,
             None => {
                 let path = self.dir.join(format!("{:06}.seg", state.next_segment_number));
-                (File::options().create_new(true).write(true).read(true).open(&path)?, path)
+                (File::options().create_new(true).write(true).read(true).mode(0o600).open(&path)?, path)
             }
         };
         if let Some(previous) = state.segments.back() {

@@ -29,18 +29,29 @@ pub struct BrokerClientArgs {
     /// File holding the token; default: the one `studio up` generates in its data dir.
     #[arg(long = "token-file", env = "SANDBOX_AUTH_TOKEN_FILE", global = true)]
     pub token_file: Option<std::path::PathBuf>,
+    /// The broker's data dir, where `studio up` writes a generated token.
+    #[arg(long = "data-dir", env = "SANDBOX_DATA_DIR", default_value = ".studio/sandbox", global = true)]
+    pub data_dir: std::path::PathBuf,
 }
 
 impl BrokerClientArgs {
-    /// The token to send: given, read from the given file, or the one `studio up` generated.
+    fn is_loopback(&self) -> bool {
+        let host = self.url.split("://").nth(1).unwrap_or(&self.url);
+        let host = host.split('/').next().unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// The token to send: given, read from the given file, or — for a broker on this machine
+    /// only — the one `studio up` generated in its data dir (`SANDBOX_DATA_DIR`).
     pub fn resolve_token(&self) -> anyhow::Result<Option<SecretString>> {
         if let Some(token) = self.token.as_ref().filter(|t| !t.expose().is_empty()) {
             return Ok(Some(token.clone()));
         }
-        let default = std::path::Path::new(".studio/sandbox").join(sandbox_svc::GENERATED_TOKEN_FILE);
         let (path, required) = match &self.token_file {
             Some(path) => (path.clone(), true),
-            None => (default, false),
+            None if self.is_loopback() => (self.data_dir.join(sandbox_svc::GENERATED_TOKEN_FILE), false),
+            None => return Ok(None),
         };
         match std::fs::read_to_string(&path) {
             Ok(token) => Ok(Some(SecretString::new(token.trim_end()))),

@@ -236,6 +236,30 @@ async fn a_stuck_stdin_write_refuses_others_and_close_releases_it() {
 }
 
 #[tokio::test]
+async fn sigterm_reaches_the_program_which_may_exit_gracefully() {
+    let broker = TestBroker::start(|_| {}).await;
+    let mut client = broker.client().await;
+    let sandbox = create(&mut client, "worker").await;
+    let script = "trap 'echo cleaning up; exit 0' TERM; echo ready; while :; do sleep 0.05; done";
+    let mut stream = client.start_process(start_request(&sandbox.sandbox_id, script)).await.unwrap().into_inner();
+    let mut seen = vec![stream.message().await.unwrap().unwrap()];
+    while !stdout_of(&seen).contains("ready") {
+        seen.push(stream.message().await.unwrap().unwrap());
+    }
+    let signal = pb::SignalProcessRequest {
+        sandbox_id: sandbox.sandbox_id.clone(),
+        process_id: seen[0].process_id.clone(),
+        signal: pb::Signal::Sigterm as i32,
+    };
+    client.signal_process(signal).await.unwrap();
+    seen.extend(collect(stream).await);
+    assert!(stdout_of(&seen).contains("cleaning up"), "{seen:?}");
+    let exited = exit_of(&seen).unwrap();
+    assert_eq!((exited.exit_code, exited.signal), (0, 0), "the program's own exit, not bubblewrap's death");
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_signal_ends_the_process_tree_and_is_reported() {
     let broker = TestBroker::start(|_| {}).await;
     let mut client = broker.client().await;

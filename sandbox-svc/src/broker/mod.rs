@@ -125,12 +125,16 @@ impl Broker {
         let id = spawn_and_join(async move {
             let result = cell.get_or_try_init(|| broker.create_new(request)).await.cloned();
             if result.is_err() {
-                // Forget the key only if nobody else holds its cell (one more holder: the map).
+                // Forget the key once no caller holds its cell any more (the map's is the last),
+                // so a later call may retry; a caller still waiting will retry itself.
+                let ours = Arc::as_ptr(&cell);
+                drop(cell);
                 let mut idempotency = broker.inner.idempotency.lock().expect("lock poisoned");
-                if idempotency
-                    .get(&key)
-                    .is_some_and(|e| Arc::ptr_eq(&e.sandbox_id, &cell) && Arc::strong_count(&cell) == 2)
-                {
+                if idempotency.get(&key).is_some_and(|e| {
+                    Arc::as_ptr(&e.sandbox_id) == ours
+                        && Arc::strong_count(&e.sandbox_id) == 1
+                        && e.sandbox_id.get().is_none()
+                }) {
                     idempotency.remove(&key);
                 }
             }
@@ -325,24 +329,37 @@ impl Broker {
             (process_id, spool)
         };
         let started = self.spawn_in(&entry, &spool, &request).await;
-        let mut state = entry.lock();
-        state.starting -= 1;
-        let started = started?;
-        let process = Arc::new(ProcessEntry {
-            id: process_id.clone(),
-            argv: request.argv,
-            tag: request.tag,
-            cwd: request.cwd.map(|c| c.to_string()).unwrap_or_default(),
-            started_at: SystemTime::now(),
-            pid: started.pid,
-            spool: spool.clone(),
-            control: started.control,
-            exit_code: Mutex::new(None),
-        });
-        state.processes.push(process.clone());
-        drop(state);
-        tokio::spawn(process::pump(process, started.events, self.inner.redactor.clone()));
-        tracing::info!(%sandbox_id, %process_id, pid = started.pid, "process started");
+        let (process, events, ended_meanwhile) = {
+            let mut state = entry.lock();
+            state.starting -= 1;
+            let started = started?;
+            let process = Arc::new(ProcessEntry {
+                id: process_id.clone(),
+                argv: request.argv,
+                tag: request.tag,
+                cwd: request.cwd.map(|c| c.to_string()).unwrap_or_default(),
+                started_at: SystemTime::now(),
+                pid: started.pid,
+                spool: spool.clone(),
+                control: started.control,
+                exit_code: Mutex::new(None),
+            });
+            state.processes.push(process.clone());
+            // The sandbox may have started ending meanwhile: the process is tracked (so its
+            // spool goes with the sandbox), killed, and the caller told.
+            (process, started.events, entry.ending.is_cancelled())
+        };
+        if ended_meanwhile {
+            let _ = process.control.signal(Signal::Kill).await;
+        }
+        let pid = process.pid;
+        tokio::spawn(process::pump(process, events, self.inner.redactor.clone()));
+        if ended_meanwhile {
+            return Err(BrokerError::FailedPrecondition(format!(
+                "sandbox {sandbox_id:?} ended while the process started"
+            )));
+        }
+        tracing::info!(%sandbox_id, %process_id, pid, "process started");
         Ok((process_id, spool))
     }
 

@@ -19,7 +19,7 @@ const SANDBOX_UID: &str = "1000";
 /// Used when neither the template nor the request sets PATH.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Host paths bound read-only into every sandbox unless configured otherwise.
-pub const DEFAULT_ROOT_PATHS: &str = "/usr,/bin,/sbin,/lib,/lib32,/lib64,/libx32,/etc,/opt,/sys";
+pub const DEFAULT_ROOT_PATHS: &str = "/usr,/bin,/sbin,/lib,/lib32,/lib64,/libx32,/etc,/sys";
 
 /// Host layout read once at startup: how to rebuild `/` inside a sandbox.
 #[derive(Debug, Clone)]
@@ -28,6 +28,9 @@ pub struct RootLayout {
     entries: Vec<(PathBuf, Option<PathBuf>)>,
     /// `(path, is_dir)`: directories get an empty tmpfs, files an empty `/dev/null` bind.
     hidden: Vec<(PathBuf, bool)>,
+    /// Where `/etc/resolv.conf` really lives when that is outside the bound roots (systemd-resolved
+    /// keeps it under /run): bound for sandboxes with network, so they can resolve names.
+    resolv_conf: Option<PathBuf>,
 }
 
 impl RootLayout {
@@ -50,7 +53,8 @@ impl RootLayout {
             .filter(|path| visible(path))
             .filter_map(|path| std::fs::metadata(path).ok().map(|m| (path.clone(), m.is_dir())))
             .collect();
-        Ok(RootLayout { entries, hidden })
+        let resolv_conf = std::fs::canonicalize("/etc/resolv.conf").ok().filter(|target| !visible(target));
+        Ok(RootLayout { entries, hidden, resolv_conf })
     }
 }
 
@@ -74,18 +78,9 @@ impl BwrapInvocation<'_> {
         if !self.network {
             push(&[&"--unshare-net"]);
         }
-        // --new-session: no controlling terminal, so no TIOCSTI keystroke injection.
-        push(&[
-            &"--uid",
-            &SANDBOX_UID,
-            &"--gid",
-            &SANDBOX_UID,
-            &"--cap-drop",
-            &"ALL",
-            &"--hostname",
-            &"sandbox",
-            &"--new-session",
-        ]);
+        // No --new-session: the broker starts bubblewrap in a new session of its own (no
+        // controlling terminal, so no TIOCSTI), and signals to that session reach the program.
+        push(&[&"--uid", &SANDBOX_UID, &"--gid", &SANDBOX_UID, &"--cap-drop", &"ALL", &"--hostname", &"sandbox"]);
         for (path, target) in &self.layout.entries {
             match target {
                 Some(target) => push(&[&"--symlink", target, path]),
@@ -95,9 +90,16 @@ impl BwrapInvocation<'_> {
         for (hidden, is_dir) in &self.layout.hidden {
             if *is_dir {
                 push(&[&"--tmpfs", hidden]);
-            } else {
+            } else if hidden.exists() {
+                // Checked per start: a file that has since gone (a rotated secret) would make
+                // bubblewrap fail to create the mount point under the read-only bind.
                 push(&[&"--ro-bind", &"/dev/null", hidden]);
             }
+        }
+        if self.network
+            && let Some(resolv_conf) = &self.layout.resolv_conf
+        {
+            push(&[&"--ro-bind-try", resolv_conf, resolv_conf]);
         }
         push(&[&"--proc", &"/proc", &"--dev", &"/dev", &"--tmpfs", &"/tmp"]);
         push(&[&"--bind", &self.workspace, &WORKSPACE_MOUNT]);
@@ -137,7 +139,8 @@ mod tests {
     fn isolation_flags_and_declared_env_only() {
         let layout = RootLayout {
             entries: vec![("/usr".into(), None), ("/bin".into(), Some("usr/bin".into()))],
-            hidden: vec![("/usr/private".into(), true), ("/usr/secret.env".into(), false)],
+            hidden: vec![("/usr/private".into(), true), ("/usr/bin".into(), false)],
+            resolv_conf: Some("/run/systemd/resolve/stub-resolv.conf".into()),
         };
         let env = process_env(&BTreeMap::from([("A".into(), "1".into())]), &BTreeMap::from([("A".into(), "2".into())]));
         let invocation = BwrapInvocation {
@@ -153,11 +156,10 @@ mod tests {
         for expected in [
             "--unshare-user --unshare-pid --unshare-ipc --unshare-uts --unshare-net",
             "--cap-drop ALL",
-            "--new-session",
             "--ro-bind /usr /usr",
             "--symlink usr/bin /bin",
             "--tmpfs /usr/private",
-            "--ro-bind /dev/null /usr/secret.env",
+            "--ro-bind /dev/null /usr/bin",
             "--tmpfs /tmp",
             "--bind /data/ws/sbx /workspace",
             "--chdir /workspace/src --clearenv",
@@ -166,8 +168,14 @@ mod tests {
         ] {
             assert!(joined.contains(expected), "missing {expected:?} in {joined}");
         }
+        assert!(!joined.contains("resolv.conf"), "no DNS config without network");
         let with_network = BwrapInvocation { network: true, ..invocation };
-        assert!(!with_network.args().iter().any(|a| a == "--unshare-net"));
+        let joined = with_network.args().into_iter().map(|a| a.into_string().unwrap()).collect::<Vec<_>>().join(" ");
+        assert!(!joined.contains("--unshare-net"));
+        assert!(
+            joined
+                .contains("--ro-bind-try /run/systemd/resolve/stub-resolv.conf /run/systemd/resolve/stub-resolv.conf")
+        );
     }
 
     #[test]

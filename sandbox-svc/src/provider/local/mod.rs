@@ -87,7 +87,7 @@ impl LocalProvider {
         let (workspaces_dir, owns_workspaces_dir) = match options.run_as {
             Some(owner) if !traversable(&options.workspaces_dir, owner) => {
                 let dir =
-                    std::env::temp_dir().join(format!("agent-studio-workspaces-{}", uuid::Uuid::new_v4().simple()));
+                    fallback_workspaces_dir(&options.workspaces_dir, owner).map_err(io(&options.workspaces_dir))?;
                 tracing::info!(
                     configured = %options.workspaces_dir.display(),
                     using = %dir.display(),
@@ -163,7 +163,11 @@ impl Spawner {
                 // tokio::process registers children with the runtime's reaper from here.
                 let _runtime = runtime.enter();
                 while let Ok(job) = queue.recv() {
-                    job();
+                    // This thread must outlive every sandbox it started (see above): a panicking
+                    // job fails its own start only.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        tracing::error!("a sandbox process start panicked");
+                    }
                 }
             })
             .map_err(|source| LocalProviderError::Io { path: "sandbox-spawner thread".into(), source })?;
@@ -182,6 +186,35 @@ impl Spawner {
         self.jobs.send(job).map_err(|_| gone())?;
         result.await.map_err(|_| gone())?
     }
+}
+
+/// A stable directory under the system temp dir for when the sandbox user cannot reach the
+/// data dir: named after the data dir, so a restarted broker finds (and clears) its own, and
+/// refused if someone else created it first.
+fn fallback_workspaces_dir(configured: &Path, owner: (u32, u32)) -> std::io::Result<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    configured.hash(&mut hasher);
+    let dir = std::env::temp_dir().join(format!("agent-studio-workspaces-{:016x}", hasher.finish()));
+    match std::fs::symlink_metadata(&dir) {
+        Ok(metadata) => {
+            // SAFETY: plain getter.
+            let me = unsafe { libc::geteuid() };
+            if !metadata.is_dir() || metadata.uid() != me {
+                return Err(std::io::Error::other(format!("{} exists and is not a directory of ours", dir.display())));
+            }
+            // Leftovers of a previous run: their sandboxes died with it.
+            for entry in std::fs::read_dir(&dir)? {
+                let _ = std::fs::remove_dir_all(entry?.path());
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    if !traversable(&dir, owner) {
+        return Err(std::io::Error::other(format!("sandbox user cannot reach {}", dir.display())));
+    }
+    Ok(dir)
 }
 
 /// Whether `owner` may search every directory from `/` down to `path` (or, if `path` does
@@ -348,6 +381,10 @@ impl ProviderSandbox for LocalSandbox {
         }
         let command = self.command(&spec);
         let tracker = self.tracker.clone();
+        let supervisor = match &self.isolation {
+            Isolation::Bubblewrap { program, .. } => program.canonicalize().ok(),
+            Isolation::None => None,
+        };
         self.spawner
             .run(move || {
                 // Under the lock `kill` takes, so no process can start after kill collected them.
@@ -355,7 +392,7 @@ impl ProviderSandbox for LocalSandbox {
                 if tracker.killed.load(Ordering::SeqCst) {
                     return Err(ProviderError::FailedPrecondition("sandbox was killed".into()));
                 }
-                let (started, tracked) = process::spawn(command, spec.stdin)?;
+                let (started, tracked) = process::spawn(command, spec.stdin, supervisor)?;
                 // Drop bookkeeping for processes that are gone, so the list stays bounded by live ones.
                 processes.retain(|p| !*p.done.borrow());
                 processes.push(tracked);
@@ -393,16 +430,22 @@ impl ProviderSandbox for LocalSandbox {
                 })
                 .collect()
         };
+        let mut stuck = 0;
         for mut done in waits {
             if tokio::time::timeout(KILL_WAIT, done.wait_for(|done| *done)).await.is_err() {
-                return Err(ProviderError::Unavailable("a killed process did not exit within 10s".into()));
+                stuck += 1;
             }
         }
+        // The workspace goes either way: a stuck process must not also leak its files.
         let workspace = self.workspace.clone();
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workspace))
             .await
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?
             .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-            .map_err(|e| ProviderError::Unavailable(format!("cannot remove workspace: {e}")))
+            .map_err(|e| ProviderError::Unavailable(format!("cannot remove workspace: {e}")))?;
+        if stuck > 0 {
+            return Err(ProviderError::Unavailable(format!("{stuck} killed process(es) did not exit within 10s")));
+        }
+        Ok(())
     }
 }

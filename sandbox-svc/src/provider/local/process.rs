@@ -4,6 +4,7 @@
 //! everything it started; under bubblewrap its pid namespace also dies with it.
 
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +26,15 @@ const READ_CHUNK_BYTES: usize = 256 << 10;
 /// Kernel buffer asked for each output pipe (the default is 64 KiB): fewer, larger reads
 /// when a process writes fast. The kernel may grant less; that only costs speed.
 const PIPE_BYTES: i32 = 1 << 20;
+/// How long output may still arrive after the process itself exited.
+const PIPE_DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
 /// Chunks in flight between a process's pipes and the broker's pump. When full, the reader
 /// stops reading and the process blocks on its pipe: memory stays bounded.
 const EVENT_CHANNEL_CAPACITY: usize = 8;
@@ -37,15 +47,25 @@ pub struct TrackedProcess {
 }
 
 /// Spawns `command` (already fully configured except stdio) as a new process group.
-pub fn spawn(mut command: Command, stdin: bool) -> Result<(StartedProcess, TrackedProcess), ProviderError> {
+/// `supervisor` is the bubblewrap binary when the process runs under it: signals other than
+/// SIGKILL then go to the sandboxed program's processes only, not to bubblewrap, which would
+/// die of them and take the program down before it could react.
+pub fn spawn(
+    mut command: Command,
+    stdin: bool,
+    supervisor: Option<PathBuf>,
+) -> Result<(StartedProcess, TrackedProcess), ProviderError> {
     command
         .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // Its own process group, signalled as a whole. (The sandboxed program itself also
-        // gets a new session from bubblewrap, so it has no terminal to push keystrokes into.)
-        .process_group(0)
         .kill_on_drop(false);
+    // A new session, and with it a process group signalled as a whole, with no controlling
+    // terminal: nothing inside can push keystrokes into the terminal `studio up` runs in (TIOCSTI).
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        command.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+    }
     let mut child = command.spawn().map_err(|e| ProviderError::Unavailable(format!("cannot start process: {e}")))?;
     let pid = child.id().expect("a just-spawned child has a pid");
     let to_pipe = |fd: std::io::Result<std::os::fd::OwnedFd>| {
@@ -67,6 +87,7 @@ pub fn spawn(mut command: Command, stdin: bool) -> Result<(StartedProcess, Track
         alive: Arc::new(AtomicBool::new(true)),
         stdin: Mutex::new(stdin_pipe),
         stdin_closing: CancellationToken::new(),
+        supervisor,
     });
     tokio::spawn(read_until_exit(child, stdout, stderr, events_tx, control.alive.clone(), done_tx));
     let started = StartedProcess { pid, events: events_rx, control };
@@ -79,6 +100,22 @@ pub fn signal_group(pgid: i32, signal: i32) {
     unsafe {
         libc::kill(-pgid, signal);
     }
+}
+
+/// Pids in process group `pgid` whose executable is not `supervisor`, read from /proc.
+fn group_members_except(pgid: i32, supervisor: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            // Fields after the parenthesised command name: state, ppid, pgrp.
+            let pgrp = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(2));
+            pgrp.and_then(|p| p.parse::<i32>().ok()) == Some(pgid)
+        })
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).map_or(true, |exe| exe != supervisor))
+        .collect()
 }
 
 enum Chunk {
@@ -115,6 +152,9 @@ async fn read_until_exit(
     let mut status = None;
     // Events are sent even when the broker's pump is gone: the send error just means nobody
     // wants them, and the loop still runs to the end so the child is reaped.
+    // Once the process exited, whatever still holds its pipes (a descendant that escaped the
+    // group, a descriptor passed to another sandbox) gets this long before we stop reading.
+    let mut drain_deadline = None;
     while stdout_open || stderr_open {
         tokio::select! {
             ready = stdout.readable(), if stdout_open => {
@@ -137,6 +177,11 @@ async fn read_until_exit(
                 // namespace) must not keep the pipes, or this process, alive.
                 alive.store(false, Ordering::SeqCst);
                 signal_group(pgid, libc::SIGKILL);
+                drain_deadline = Some(tokio::time::Instant::now() + PIPE_DRAIN_AFTER_EXIT);
+            }
+            () = sleep_until_some(drain_deadline) => {
+                tracing::warn!(pgid, "output pipes still open after the process exited; closing them");
+                break;
             }
         }
     }
@@ -173,6 +218,7 @@ struct LocalProcessControl {
     stdin: Mutex<Option<ChildStdin>>,
     /// Cancelled by `close_stdin`, so closing never waits behind a stuck write.
     stdin_closing: CancellationToken,
+    supervisor: Option<PathBuf>,
 }
 
 #[async_trait]
@@ -211,7 +257,20 @@ impl ProcessControl for LocalProcessControl {
         if !self.alive.load(Ordering::SeqCst) {
             return Err(ProviderError::FailedPrecondition("process has already exited".into()));
         }
-        signal_group(self.pgid, signal.as_raw());
+        let raw = signal.as_raw();
+        let Some(supervisor) = self.supervisor.as_deref().filter(|_| raw != libc::SIGKILL) else {
+            signal_group(self.pgid, raw);
+            return Ok(());
+        };
+        let targets = group_members_except(self.pgid, supervisor);
+        if targets.is_empty() {
+            // Not exec'd yet: the whole group it is.
+            signal_group(self.pgid, raw);
+        }
+        for pid in targets {
+            // SAFETY: plain syscall; a pid that has just exited is harmless (ESRCH).
+            unsafe { libc::kill(pid, raw) };
+        }
         Ok(())
     }
 }
