@@ -23,6 +23,9 @@ async fn create_start_stream_and_exit_code() {
     let exited = exit_of(&events).expect("exited event");
     assert_eq!((exited.exit_code, exited.signal), (7, 0));
     assert!(matches!(events.last().unwrap().event, Some(Event::Exited(_))), "exited is last");
+    // Output stays private to the broker on the host.
+    let spool = broker.data_dir.path().join("data/spool");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(spool).unwrap().permissions()) & 0o077, 0);
     assert!(events.iter().all(|e| e.process_id == events[0].process_id));
     broker.stop().await.unwrap();
 }
