@@ -126,6 +126,9 @@ pub async fn serve_with_ready(
         // Dead peers are noticed within ~40 s instead of holding streams forever.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        // h2 has no per-connection stream cap unless set: one client cannot open unbounded
+        // concurrent calls on a single connection.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(health_service)
         .add_service(InterceptedService::new(sandbox_service, auth.clone()))
         .add_service(InterceptedService::new(reflection_v1, auth.clone()))
@@ -163,6 +166,9 @@ pub async fn serve_with_ready(
     tracing::info!("sandbox broker stopped");
     Ok(())
 }
+
+/// Concurrent HTTP/2 streams (calls) one client connection may hold open.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Where a broker started without a token writes the one it generated (in its data dir, which
 /// sandboxes cannot see). `studio` reads it from there.

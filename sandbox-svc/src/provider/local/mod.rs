@@ -150,6 +150,8 @@ type SpawnJob = Box<dyn FnOnce() + Send>;
 /// This thread lives as long as any sandbox of the provider.
 #[derive(Clone)]
 struct Spawner {
+    /// Unbounded as a channel, bounded in use: every job is a StartProcess call waiting for its
+    /// result while holding one of the broker's `SANDBOX_MAX_STREAMS` stream permits.
     jobs: std::sync::mpsc::Sender<SpawnJob>,
 }
 
