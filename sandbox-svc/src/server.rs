@@ -121,8 +121,12 @@ pub async fn serve_with_ready(
     let auth = BearerAuth::new(config.auth_token.as_ref());
 
     let server_stop = CancellationToken::new();
+    let max_message_bytes = limits.max_message_bytes;
     let server = Server::builder()
         .trace_fn(crate::telemetry::grpc_request_span)
+        .layer(tower::util::MapResponseLayer::new(move |response| {
+            crate::grpc::message_limit::report_as_resource_exhausted(response, max_message_bytes)
+        }))
         // Dead peers are noticed within ~40 s instead of holding streams forever.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))

@@ -2,6 +2,7 @@
 
 pub mod auth;
 mod convert;
+pub mod message_limit;
 mod stream;
 
 use std::pin::Pin;
