@@ -92,10 +92,6 @@ impl Broker {
         &self.inner.redactor
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.inner.limits
-    }
-
     pub async fn create_sandbox(&self, request: CreateSandbox) -> Result<SandboxView, BrokerError> {
         if let Some(timeout) = request.timeout {
             self.check_timeout(timeout)?;

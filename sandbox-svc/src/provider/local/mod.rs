@@ -49,7 +49,9 @@ pub enum LocalProviderError {
         "bubblewrap (`bwrap`) is not installed, so the local provider cannot isolate sandboxes: install the Debian package `bubblewrap` (apt-get install -y bubblewrap), or pass --unsafe-no-isolation (SANDBOX_LOCAL_UNSAFE_NO_ISOLATION=true) to run without isolation"
     )]
     BubblewrapMissing,
-    #[error("bubblewrap is installed but cannot create a sandbox here: {0}")]
+    #[error(
+        "bubblewrap is installed but cannot create a sandbox here: {0} (it needs unprivileged user namespaces: check sysctl user.max_user_namespaces and, on Ubuntu 23.10+, kernel.apparmor_restrict_unprivileged_userns or an AppArmor profile for bwrap)"
+    )]
     BubblewrapBroken(String),
     #[error("cannot prepare {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
