@@ -32,7 +32,12 @@ const HEADER_LEN: usize = 16;
 const READ_BATCH_BYTES: u64 = 256 << 10;
 /// Payload bytes of the newest events kept in memory per spool for readers that keep up
 /// (at most an eighth of the spool). Bounds the spool's heap use.
-const RECENT_WINDOW_BYTES: u64 = 128 << 10;
+const RECENT_WINDOW_BYTES: u64 = 1 << 20;
+/// Payload bytes held in all windows of the process together; past it every window keeps only
+/// its newest event. Bounds the broker's heap when many processes write fast at once.
+const ALL_WINDOWS_BYTES: u64 = 64 << 20;
+/// Bytes currently held in windows, across spools.
+static WINDOW_BYTES_IN_USE: AtomicU64 = AtomicU64::new(0);
 /// Events kept in that window at most: many tiny events cost more in bookkeeping than payload.
 const RECENT_WINDOW_EVENTS: usize = 64;
 
@@ -196,8 +201,7 @@ impl Spool {
     pub fn finish(&self) {
         let mut state = self.state.lock().expect("spool lock poisoned");
         // Nobody follows a finished spool live: give the window's memory and the files back.
-        state.recent.clear();
-        state.recent_bytes = 0;
+        Self::clear_recent(&mut state);
         if let Some((_, path)) = state.spare.take() {
             let _ = std::fs::remove_file(path);
         }
@@ -213,8 +217,7 @@ impl Spool {
         state.segments.clear();
         state.removed = true;
         state.spare = None;
-        state.recent.clear();
-        state.recent_bytes = 0;
+        Self::clear_recent(&mut state);
         state.total_bytes = 0;
         drop(state);
         if let Err(error) = std::fs::remove_dir_all(&self.dir)
@@ -277,14 +280,25 @@ impl Spool {
     }
 
     fn remember_recent(&self, state: &mut SpoolState, event: SpooledEvent, segment: &Segment, end_offset: u64) {
-        state.recent_bytes += payload_len(&event.body);
+        let added = payload_len(&event.body);
+        state.recent_bytes += added;
+        WINDOW_BYTES_IN_USE.fetch_add(added, Ordering::Relaxed);
         state.recent.push_back(RecentEvent { event, segment_first_seq: segment.first_seq, end_offset });
-        while (state.recent_bytes > self.recent_limit && state.recent.len() > 1)
-            || state.recent.len() > RECENT_WINDOW_EVENTS
+        while state.recent.len() > 1
+            && (state.recent_bytes > self.recent_limit
+                || state.recent.len() > RECENT_WINDOW_EVENTS
+                || WINDOW_BYTES_IN_USE.load(Ordering::Relaxed) > ALL_WINDOWS_BYTES)
         {
             let dropped = state.recent.pop_front().expect("len checked");
-            state.recent_bytes -= payload_len(&dropped.event.body);
+            let removed = payload_len(&dropped.event.body);
+            state.recent_bytes -= removed;
+            WINDOW_BYTES_IN_USE.fetch_sub(removed, Ordering::Relaxed);
         }
+    }
+
+    fn clear_recent(state: &mut SpoolState) {
+        state.recent.clear();
+        WINDOW_BYTES_IN_USE.fetch_sub(std::mem::take(&mut state.recent_bytes), Ordering::Relaxed);
     }
 
     /// Copies events from `next_seq` on out of the in-memory window, if it still holds
@@ -340,6 +354,14 @@ impl Segment {
                 error
             }
         })
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if let Ok(state) = self.state.get_mut() {
+            Self::clear_recent(state);
+        }
     }
 }
 
