@@ -177,8 +177,7 @@ async fn shutdown_goes_not_serving_and_kills_every_sandbox() {
     let sandbox = create(&mut client, "worker").await;
     let marker = format!("4000.{}", std::process::id());
     start_tree(&mut client, &sandbox.sandbox_id, &marker).await;
-    let attach =
-        pb::AttachProcessRequest { sandbox_id: sandbox.sandbox_id.clone(), process_id: "p1".into(), after_seq: 0 };
+    let attach = attach_request(&sandbox.sandbox_id, "p1", 0);
     let watcher = client.attach_process(attach).await.unwrap().into_inner();
     let mut health = tonic_health::pb::health_client::HealthClient::new(broker.channel().await);
     let mut watch =

@@ -64,8 +64,7 @@ async fn concurrent_streams() {
     let mut request = start_request(&sandbox.sandbox_id, "read x");
     request.stdin = true;
     let open = client.start_process(request).await.unwrap().into_inner();
-    let attach =
-        pb::AttachProcessRequest { sandbox_id: sandbox.sandbox_id.clone(), process_id: "p1".into(), after_seq: 0 };
+    let attach = attach_request(&sandbox.sandbox_id, "p1", 0);
     assert_code(client.attach_process(attach.clone()).await, Code::ResourceExhausted, "SANDBOX_MAX_STREAMS");
     // A refused StartProcess starts nothing.
     assert_code(
@@ -143,8 +142,7 @@ async fn spool_bytes_drops_the_oldest_and_reports_the_gap() {
     let sandbox = create(&mut client, "worker").await;
     let live = run(&mut client, &sandbox.sandbox_id, "for i in $(seq 1 20000); do echo line $i; done").await;
     assert!(stdout_of(&live).ends_with("line 20000\n"));
-    let attach =
-        pb::AttachProcessRequest { sandbox_id: sandbox.sandbox_id.clone(), process_id: "p1".into(), after_seq: 0 };
+    let attach = attach_request(&sandbox.sandbox_id, "p1", 0);
     let replay = collect(client.attach_process(attach).await.unwrap().into_inner()).await;
     let Some(Event::Truncated(truncated)) = &replay[0].event else { panic!("first event: {:?}", replay[0]) };
     assert!(truncated.first_available_seq > 1);

@@ -83,11 +83,7 @@ async fn attach_after_a_seq_replays_exactly_the_missing_events() {
     let all = run(&mut client, &sandbox.sandbox_id, "for i in $(seq 1 300); do echo line $i; done").await;
     let last = all.last().unwrap().seq;
     for after in [0, 1, 2, last / 2, last - 1, last] {
-        let request = pb::AttachProcessRequest {
-            sandbox_id: sandbox.sandbox_id.clone(),
-            process_id: all[0].process_id.clone(),
-            after_seq: after,
-        };
+        let request = attach_request(&sandbox.sandbox_id, &all[0].process_id, after);
         let replay = collect(client.attach_process(request).await.unwrap().into_inner()).await;
         assert_eq!(replay, all[after as usize..].to_vec(), "after {after}");
     }
@@ -108,11 +104,7 @@ async fn a_client_dropped_mid_stream_resumes_with_no_gap_and_no_duplicate() {
     drop(stream);
     // Reconnect on a fresh connection, as a restarted client would.
     let mut other = broker.client().await;
-    let request = pb::AttachProcessRequest {
-        sandbox_id: sandbox.sandbox_id.clone(),
-        process_id: seen[0].process_id.clone(),
-        after_seq: seen.last().unwrap().seq,
-    };
+    let request = attach_request(&sandbox.sandbox_id, &seen[0].process_id, seen.last().unwrap().seq);
     seen.extend(collect(other.attach_process(request).await.unwrap().into_inner()).await);
     assert_contiguous(&seen, 1);
     let expected: String = (1..=400).map(|i| format!("line {i}\n")).collect();
@@ -157,14 +149,9 @@ async fn several_watchers_see_the_same_live_events() {
     let mut request = start_request(&sandbox.sandbox_id, "read line; echo got $line; for i in 1 2 3; do echo $i; done");
     request.stdin = true;
     let first = client.start_process(request).await.unwrap().into_inner();
-    let attach =
-        pb::AttachProcessRequest { sandbox_id: sandbox.sandbox_id.clone(), process_id: "p1".into(), after_seq: 0 };
+    let attach = attach_request(&sandbox.sandbox_id, "p1", 0);
     let second = client.attach_process(attach).await.unwrap().into_inner();
-    let input = pb::SendProcessInputRequest {
-        sandbox_id: sandbox.sandbox_id.clone(),
-        process_id: "p1".into(),
-        data: "hello\n".into(),
-    };
+    let input = input_request(&sandbox.sandbox_id, "p1", "hello\n");
     client.send_process_input(input).await.unwrap();
     let (a, b) = tokio::join!(collect(first), collect(second));
     assert_eq!(a, b);
@@ -181,11 +168,7 @@ async fn stdin_can_be_written_and_closed() {
     request.stdin = true;
     let stream = client.start_process(request).await.unwrap().into_inner();
     for chunk in ["abc", "defg"] {
-        let input = pb::SendProcessInputRequest {
-            sandbox_id: sandbox.sandbox_id.clone(),
-            process_id: "p1".into(),
-            data: chunk.as_bytes().to_vec().into(),
-        };
+        let input = input_request(&sandbox.sandbox_id, "p1", chunk.as_bytes().to_vec());
         client.send_process_input(input).await.unwrap();
     }
     let close = pb::CloseProcessInputRequest { sandbox_id: sandbox.sandbox_id.clone(), process_id: "p1".into() };
@@ -194,11 +177,7 @@ async fn stdin_can_be_written_and_closed() {
     assert_eq!(stdout_of(&events).trim(), "7");
     // Without stdin = true, input is refused with the reason.
     let events = run(&mut client, &sandbox.sandbox_id, "true").await;
-    let input = pb::SendProcessInputRequest {
-        sandbox_id: sandbox.sandbox_id.clone(),
-        process_id: events[0].process_id.clone(),
-        data: "x".into(),
-    };
+    let input = input_request(&sandbox.sandbox_id, &events[0].process_id, "x");
     assert_code(client.send_process_input(input).await, tonic::Code::FailedPrecondition, "exited");
     broker.stop().await.unwrap();
 }
@@ -211,11 +190,7 @@ async fn a_stuck_stdin_write_refuses_others_and_close_releases_it() {
     let mut request = start_request(&sandbox.sandbox_id, "sleep 30");
     request.stdin = true;
     let _stream = client.start_process(request).await.unwrap().into_inner();
-    let input = |data: Vec<u8>| pb::SendProcessInputRequest {
-        sandbox_id: sandbox.sandbox_id.clone(),
-        process_id: "p1".into(),
-        data: data.into(),
-    };
+    let input = |data: Vec<u8>| input_request(&sandbox.sandbox_id, "p1", data);
     // More than a pipe holds, to a process that never reads: this write blocks.
     let mut writer = client.clone();
     let big = input(vec![b'x'; 4 << 20]);

@@ -68,11 +68,11 @@ async fn every_bad_input_names_its_field() {
     );
     let unknown = pb::GetSandboxRequest { sandbox_id: "sbx-nope".into() };
     assert_code(client.get_sandbox(unknown).await, Code::NotFound, "sandbox \"sbx-nope\" not found");
-    let unknown_process = pb::AttachProcessRequest { sandbox_id: id.clone(), process_id: "p99".into(), after_seq: 0 };
+    let unknown_process = attach_request(&id, "p99", 0);
     assert_code(client.attach_process(unknown_process).await, Code::NotFound, "process \"p99\" not found");
-    let no_process = pb::AttachProcessRequest { sandbox_id: id.clone(), process_id: String::new(), after_seq: 0 };
+    let no_process = attach_request(&id, "", 0);
     assert_code(client.attach_process(no_process).await, Code::InvalidArgument, "process_id");
-    let future_seq = pb::AttachProcessRequest { sandbox_id: id.clone(), process_id: "p1".into(), after_seq: 1_000 };
+    let future_seq = attach_request(&id, "p1", 1_000);
     assert_code(
         client.attach_process(future_seq).await,
         Code::InvalidArgument,
@@ -82,7 +82,7 @@ async fn every_bad_input_names_its_field() {
     assert_code(client.start_process(long_tag).await, Code::InvalidArgument, "tag");
 
     // The process started before all of that is untouched.
-    let input = pb::SendProcessInputRequest { sandbox_id: id.clone(), process_id: "p1".into(), data: "yes\n".into() };
+    let input = input_request(&id, "p1", "yes\n");
     client.send_process_input(input).await.unwrap();
     let events = collect(in_flight).await;
     assert_eq!(stdout_of(&events), "survived yes\n");

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
 use std::time::Duration;
 
 use agentstudio_proto::sandbox::v1 as pb;
@@ -130,6 +129,14 @@ pub async fn processes(client: &mut Client, sandbox_id: &str) -> Vec<pb::Process
     client.list_processes(request).await.expect("list processes").into_inner().processes
 }
 
+pub fn attach_request(sandbox_id: &str, process_id: &str, after_seq: u64) -> pb::AttachProcessRequest {
+    pb::AttachProcessRequest { sandbox_id: sandbox_id.into(), process_id: process_id.into(), after_seq }
+}
+
+pub fn input_request(sandbox_id: &str, process_id: &str, data: impl Into<bytes::Bytes>) -> pb::SendProcessInputRequest {
+    pb::SendProcessInputRequest { sandbox_id: sandbox_id.into(), process_id: process_id.into(), data: data.into() }
+}
+
 pub fn start_request(sandbox_id: &str, script: &str) -> pb::StartProcessRequest {
     pb::StartProcessRequest {
         sandbox_id: sandbox_id.into(),
@@ -222,8 +229,4 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: tonic::C
             assert!(status.message().contains(needle), "message {:?} lacks {needle:?}", status.message());
         }
     }
-}
-
-pub fn exists(path: &Path) -> bool {
-    path.exists()
 }

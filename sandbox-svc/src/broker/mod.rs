@@ -18,11 +18,11 @@ use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 pub use self::error::BrokerError;
 pub use self::model::validate_env_key;
-use self::model::{CreateSandbox, EndReason, Ended, ProcessView, SandboxView, Signal, StartProcess};
+use self::model::{CreateSandbox, EndReason, Ended, ProcessView, SandboxView, StartProcess};
 use self::process::ProcessEntry;
 use self::sandbox::SandboxEntry;
 use crate::config::Limits;
-use crate::provider::{ProcessSpec, SandboxProvider, SandboxSpec};
+use crate::provider::{ProcessSignal as Signal, ProcessSpec, SandboxProvider, SandboxSpec};
 use crate::redact::Redactor;
 use crate::spool::{EventBody, Spool};
 use crate::template::TemplateCatalog;

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use crate::broker::BrokerError;
-use crate::provider::ProcessSignal;
 use crate::workspace_path::WorkspacePath;
 
 /// Most environment or metadata entries one request may carry.
@@ -75,9 +74,6 @@ pub struct ProcessView {
     pub started_at: SystemTime,
     pub last_seq: u64,
 }
-
-/// Re-exported for the gRPC adapter's signal mapping.
-pub type Signal = ProcessSignal;
 
 /// Environment variable names: non-empty, no `=`, no NUL.
 pub fn validate_env_key(key: &str) -> Result<(), String> {

@@ -7,7 +7,8 @@ use agentstudio_proto::sandbox::v1 as pb;
 use tonic::Status;
 
 use crate::broker::BrokerError;
-use crate::broker::model::{self, EndReason, ProcessView, SandboxState, SandboxView, Signal};
+use crate::broker::model::{self, EndReason, ProcessView, SandboxState, SandboxView};
+use crate::provider::ProcessSignal as Signal;
 use crate::spool::{EventBody, SpooledEvent};
 use crate::workspace_path::WorkspacePath;
 

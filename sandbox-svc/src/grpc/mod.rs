@@ -39,14 +39,14 @@ impl SandboxGrpc {
         convert::status(&error, message)
     }
 
-    fn open_stream(
+    fn event_stream(
         &self,
         spool: std::sync::Arc<crate::spool::Spool>,
         process_id: String,
         after_seq: u64,
-    ) -> Result<EventStream, BrokerError> {
-        let permit = self.broker.stream_permit()?;
-        Ok(Box::pin(stream::follow(spool, process_id, after_seq, permit, self.shutdown.clone())))
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Response<EventStream> {
+        Response::new(Box::pin(stream::follow(spool, process_id, after_seq, permit, self.shutdown.clone())))
     }
 }
 
@@ -114,7 +114,7 @@ impl SandboxService for SandboxGrpc {
         // Take the stream permit first: a process must not start if its stream cannot be served.
         let permit = self.broker.stream_permit().map_err(status)?;
         let (process_id, spool) = self.broker.start_process(&sandbox_id, start).await.map_err(status)?;
-        Ok(Response::new(Box::pin(stream::follow(spool, process_id, 0, permit, self.shutdown.clone()))))
+        Ok(self.event_stream(spool, process_id, 0, permit))
     }
 
     type AttachProcessStream = EventStream;
@@ -137,8 +137,8 @@ impl SandboxService for SandboxGrpc {
                 ),
             )));
         }
-        let stream = self.open_stream(spool, request.process_id, request.after_seq).map_err(status)?;
-        Ok(Response::new(stream))
+        let permit = self.broker.stream_permit().map_err(status)?;
+        Ok(self.event_stream(spool, request.process_id, request.after_seq, permit))
     }
 
     async fn send_process_input(
