@@ -1,7 +1,14 @@
 //! Generated types, clients and servers for the Agent Studio wire contracts.
 //!
-//! Used by `sandbox-svc` (server), the `studio` command and, later, `conductor-svc` (clients).
+//! Used by `sandbox-svc` and `conductor-svc` (servers, and the conductor as the broker's client)
+//! and by the `studio` command.
 //! The `.proto` sources under `proto/agentstudio/` are the contract other languages code against.
+
+pub mod conductor {
+    pub mod v1 {
+        tonic::include_proto!("agentstudio.conductor.v1");
+    }
+}
 
 pub mod sandbox {
     pub mod v1 {

@@ -74,6 +74,19 @@ pub struct BrokerConfig {
     #[arg(long, env = "GITHUB_TOKEN_FILE")]
     pub github_token_file: Option<PathBuf>,
 
+    /// Anthropic API key the broker injects (as ANTHROPIC_API_KEY) into sandboxes whose template
+    /// runtime is `claude`; masked everywhere. Without it those templates run tasks as shell scripts.
+    #[arg(long, env = "SANDBOX_WORKER_ANTHROPIC_API_KEY", hide_env_values = true)]
+    pub worker_anthropic_api_key: Option<SecretString>,
+
+    /// File holding the worker Anthropic key; takes precedence over SANDBOX_WORKER_ANTHROPIC_API_KEY.
+    #[arg(long, env = "SANDBOX_WORKER_ANTHROPIC_API_KEY_FILE")]
+    pub worker_anthropic_api_key_file: Option<PathBuf>,
+
+    /// ANTHROPIC_BASE_URL for `claude` sandboxes (an LLM gateway); unset = Anthropic's own.
+    #[arg(long, env = "SANDBOX_WORKER_ANTHROPIC_BASE_URL")]
+    pub worker_anthropic_base_url: Option<String>,
+
     /// How long SIGTERM waits for in-flight RPCs after killing sandboxes.
     #[arg(long, env = "SANDBOX_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
     pub shutdown_grace: Duration,
@@ -149,6 +162,11 @@ impl BrokerConfig {
             ("SANDBOX_AUTH_TOKEN_FILE", &self.auth_token_file, &mut self.auth_token),
             ("E2B_API_KEY_FILE", &self.e2b_api_key_file, &mut self.e2b_api_key),
             ("GITHUB_TOKEN_FILE", &self.github_token_file, &mut self.github_token),
+            (
+                "SANDBOX_WORKER_ANTHROPIC_API_KEY_FILE",
+                &self.worker_anthropic_api_key_file,
+                &mut self.worker_anthropic_api_key,
+            ),
         ] {
             // An empty variable (`GITHUB_TOKEN=` in a compose file) means unset, not an empty secret.
             if value.as_ref().is_some_and(|v| v.expose().is_empty()) {
@@ -226,10 +244,26 @@ impl BrokerConfig {
         let mut secrets: Vec<SecretString> = self.redact_secrets.clone();
         secrets.extend(self.e2b_api_key.clone());
         secrets.extend(self.github_token.clone());
+        secrets.extend(self.worker_anthropic_api_key.clone());
         if let Some(token) = &self.auth_token {
             secrets.push(token.clone());
         }
         secrets
+    }
+
+    /// What the broker adds to the environment of `claude`-runtime sandboxes; `None` when it holds
+    /// no worker LLM key, so those templates fall back to the `shell` runtime.
+    pub fn claude_runtime_env(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        let key = self.worker_anthropic_api_key.as_ref()?;
+        let mut env = std::collections::BTreeMap::from([
+            ("ANTHROPIC_API_KEY".to_owned(), key.expose().to_owned()),
+            // No telemetry, error reports or update checks from inside a sandbox.
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".to_owned(), "1".to_owned()),
+        ]);
+        if let Some(url) = self.worker_anthropic_base_url.as_ref().filter(|u| !u.is_empty()) {
+            env.insert("ANTHROPIC_BASE_URL".to_owned(), url.clone());
+        }
+        Some(env)
     }
 
     /// Defaults with the data dir at `data_dir`, loopback on an ephemeral port: for tests.

@@ -10,12 +10,11 @@ pub mod config;
 pub mod grpc;
 pub mod provider;
 pub mod redact;
-pub mod secret;
 mod server;
 pub mod spool;
-pub mod telemetry;
 pub mod template;
 pub mod workspace_path;
 
 pub use config::BrokerConfig;
-pub use server::{GENERATED_TOKEN_FILE, Ready, run, serve, serve_with_ready, shutdown_signal};
+pub use service_kit::{secret, shutdown_signal, telemetry};
+pub use server::{GENERATED_TOKEN_FILE, Ready, run, serve, serve_with_ready};

@@ -16,7 +16,7 @@ use tonic_health::ServingStatus;
 use crate::broker::Broker;
 use crate::config::BrokerConfig;
 use crate::grpc::SandboxGrpc;
-use crate::grpc::auth::BearerAuth;
+use service_kit::auth::BearerAuth;
 use crate::provider::SandboxProvider;
 use crate::provider::local::{LocalOptions, LocalProvider};
 use crate::redact::Redactor;
@@ -102,7 +102,7 @@ pub async fn serve_with_ready(
     raise_open_file_limit();
 
     let limits = config.limits.clone();
-    let broker = Broker::new(limits.clone(), templates, provider.clone(), redactor, spool_dir);
+    let broker = Broker::new(limits.clone(), templates, config.claude_runtime_env(), provider.clone(), redactor, spool_dir);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SandboxServiceServer<SandboxGrpc>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
@@ -239,15 +239,5 @@ fn raise_open_file_limit() {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -8,7 +8,7 @@ pub mod model;
 mod process;
 mod sandbox;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
@@ -18,6 +18,7 @@ use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 pub use self::error::BrokerError;
 pub use self::model::validate_env_key;
+pub use self::model::TemplateView;
 use self::model::{CreateSandbox, EndReason, Ended, ProcessView, SandboxView, StartProcess};
 use self::process::ProcessEntry;
 use self::sandbox::SandboxEntry;
@@ -25,7 +26,7 @@ use crate::config::Limits;
 use crate::provider::{ProcessSignal as Signal, ProcessSpec, SandboxProvider, SandboxSpec};
 use crate::redact::Redactor;
 use crate::spool::{EventBody, Spool};
-use crate::template::TemplateCatalog;
+use crate::template::{Runtime, TemplateCatalog};
 use crate::workspace_path::WorkspacePath;
 
 /// How long ending a sandbox waits for its processes' output to be fully spooled.
@@ -40,6 +41,9 @@ pub struct Broker {
 struct Inner {
     limits: Limits,
     templates: TemplateCatalog,
+    /// Added to every `claude`-runtime sandbox's environment (the worker LLM key); `None` = the
+    /// broker holds no such key and those templates run as `shell`.
+    claude_env: Option<BTreeMap<String, String>>,
     provider: Arc<dyn SandboxProvider>,
     redactor: Redactor,
     spool_dir: PathBuf,
@@ -69,6 +73,7 @@ impl Broker {
     pub fn new(
         limits: Limits,
         templates: TemplateCatalog,
+        claude_env: Option<BTreeMap<String, String>>,
         provider: Arc<dyn SandboxProvider>,
         redactor: Redactor,
         spool_dir: PathBuf,
@@ -78,6 +83,7 @@ impl Broker {
             inner: Arc::new(Inner {
                 limits,
                 templates,
+                claude_env,
                 provider,
                 redactor,
                 spool_dir,
@@ -90,6 +96,29 @@ impl Broker {
 
     pub fn redactor(&self) -> &Redactor {
         &self.inner.redactor
+    }
+
+    /// Every template with the runtime its sandboxes actually get.
+    pub fn templates(&self) -> Vec<TemplateView> {
+        let inner = &self.inner;
+        inner
+            .templates
+            .names()
+            .into_iter()
+            .filter_map(|name| inner.templates.get(name))
+            .map(|template| {
+                let (runtime, runtime_note) = match (template.runtime, inner.claude_env.is_some()) {
+                    (Runtime::Claude, false) => (
+                        Runtime::Shell,
+                        "the manifest asks for `claude`, but the broker holds no worker LLM key \
+                         (SANDBOX_WORKER_ANTHROPIC_API_KEY): tasks run as bash scripts"
+                            .to_owned(),
+                    ),
+                    (runtime, _) => (runtime, String::new()),
+                };
+                TemplateView { template: template.clone(), runtime, runtime_note }
+            })
+            .collect()
     }
 
     pub async fn create_sandbox(&self, request: CreateSandbox) -> Result<SandboxView, BrokerError> {
@@ -157,6 +186,12 @@ impl Broker {
         let sandbox_id = format!("sbx-{}", uuid::Uuid::new_v4().simple());
         let mut env = template.env.clone();
         env.extend(request.env.clone());
+        // After the request's env: a caller cannot swap the broker's key for its own endpoint.
+        if template.runtime == Runtime::Claude
+            && let Some(claude_env) = &inner.claude_env
+        {
+            env.extend(claude_env.clone());
+        }
         let spec = SandboxSpec { sandbox_id: sandbox_id.clone(), template, env, metadata: request.metadata.clone() };
         let handle = match inner.provider.create(spec).await {
             Ok(handle) => handle,

@@ -118,3 +118,12 @@ fn truncate(s: &str, max: usize) -> &str {
         None => s,
     }
 }
+
+/// A template as clients see it: the manifest plus the runtime the broker will actually give it.
+#[derive(Debug, Clone)]
+pub struct TemplateView {
+    pub template: crate::template::Template,
+    pub runtime: crate::template::Runtime,
+    /// Why `runtime` differs from the manifest's; empty when it does not.
+    pub runtime_note: String,
+}

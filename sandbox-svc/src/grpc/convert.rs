@@ -7,7 +7,8 @@ use agentstudio_proto::sandbox::v1 as pb;
 use tonic::Status;
 
 use crate::broker::BrokerError;
-use crate::broker::model::{self, EndReason, ProcessView, SandboxState, SandboxView};
+use crate::broker::model::{self, EndReason, ProcessView, SandboxState, SandboxView, TemplateView};
+use crate::template::Runtime;
 use crate::provider::ProcessSignal as Signal;
 use crate::spool::{EventBody, SpooledEvent};
 use crate::workspace_path::WorkspacePath;
@@ -198,5 +199,24 @@ mod tests {
         assert!(signal(99).unwrap_err().to_string().contains("unknown value 99"));
         assert!(signal(0).unwrap_err().to_string().starts_with("signal: must be set"));
         assert_eq!(signal(pb::Signal::Sigkill as i32).unwrap(), Signal::Kill);
+    }
+}
+
+pub fn template(view: TemplateView) -> pb::Template {
+    let runtime = match view.runtime {
+        Runtime::Claude => "claude",
+        Runtime::Shell => "shell",
+    };
+    let template = view.template;
+    pb::Template {
+        name: template.name,
+        description: template.description,
+        runtime: runtime.to_owned(),
+        runtime_note: view.runtime_note,
+        version: template.version,
+        network: template.network,
+        default_timeout: prost_types::Duration::try_from(template.default_timeout).ok(),
+        smoke_test: template.smoke_test,
+        capabilities: template.capabilities,
     }
 }

@@ -1,6 +1,5 @@
 //! The thin gRPC adapter: proto in, validated domain call, proto (or masked `Status`) out.
 
-pub mod auth;
 mod convert;
 pub mod message_limit;
 mod stream;
@@ -206,5 +205,13 @@ impl SandboxService for SandboxGrpc {
         let path = convert::workspace_path(&request.path).map_err(status)?;
         let content = self.broker.read_file(&request.sandbox_id, &path).await.map_err(status)?;
         Ok(Response::new(pb::ReadFileResponse { content }))
+    }
+
+    async fn list_templates(
+        &self,
+        _request: Request<pb::ListTemplatesRequest>,
+    ) -> Result<Response<pb::ListTemplatesResponse>, Status> {
+        let templates = self.broker.templates().into_iter().map(convert::template).collect();
+        Ok(Response::new(pb::ListTemplatesResponse { templates }))
     }
 }
