@@ -77,7 +77,8 @@ pub async fn serve_with_ready(
     if config.auth_token.is_none() {
         // Even on loopback: a sandbox with network access can reach 127.0.0.1 too.
         let path = data_dir.join(GENERATED_TOKEN_FILE);
-        config.auth_token = Some(generate_token(&path)?);
+        config.auth_token = Some(service_kit::auth::generate_token_file(&path)?);
+        tracing::info!(path = %path.display(), "no SANDBOX_AUTH_TOKEN given: generated one; clients read it from this file");
         generated_token_file = Some(path);
     }
     let secrets = config.secrets();
@@ -177,23 +178,6 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// Where a broker started without a token writes the one it generated (in its data dir, which
 /// sandboxes cannot see). `studio` reads it from there.
 pub const GENERATED_TOKEN_FILE: &str = "auth-token";
-
-/// A fresh random token (122 bits), written owner-only to `path`.
-fn generate_token(path: &Path) -> anyhow::Result<SecretString> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write the generated auth token to {}", path.display()))?;
-    writeln!(file, "{token}")?;
-    tracing::info!(path = %path.display(), "no SANDBOX_AUTH_TOKEN given: generated one; clients read it from this file");
-    Ok(SecretString::new(token))
-}
 
 /// What `local` sandboxes must not see even under an allowed root: the data dir, the
 /// directory the broker runs in (a checkout with a `.env`), the directories of secret files

@@ -36,6 +36,23 @@ impl tonic::service::Interceptor for BearerAuth {
     }
 }
 
+/// A fresh random token (122 bits), written owner-only to `path`.
+pub fn generate_token_file(path: &std::path::Path) -> anyhow::Result<SecretString> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write the generated auth token to {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    Ok(SecretString::new(token))
+}
+
 /// Compares without an early exit, so timing reveals at most the length.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
