@@ -53,7 +53,7 @@ fn start_broker(extra_env: &[(&str, &str)]) -> Broker {
     std::fs::set_permissions(data.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_studio"));
     command
-        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(["broker", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data.path().join("data"))
         .env("SANDBOX_REDACT_SECRETS", CANARY)

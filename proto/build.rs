@@ -5,10 +5,8 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &[
-    "agentstudio/sandbox/v1/sandbox_service.proto",
-    "agentstudio/conductor/v1/conductor_service.proto",
-];
+const PROTOS: &[&str] =
+    &["agentstudio/sandbox/v1/sandbox_service.proto", "agentstudio/conductor/v1/conductor_service.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

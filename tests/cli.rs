@@ -24,7 +24,7 @@ fn up() -> Up {
     let data = tempfile::tempdir().unwrap();
     let log = data.path().join("up.log");
     let mut child = studio()
-        .args(["up", "--listen", "127.0.0.1:0", "--log-format", "json", "--shutdown-grace", "5s"])
+        .args(["broker", "--listen", "127.0.0.1:0", "--log-format", "json", "--shutdown-grace", "5s"])
         .arg("--data-dir")
         .arg(data.path().join("data"))
         .stdout(Stdio::piped())
@@ -158,7 +158,7 @@ fn without_a_configured_token_up_generates_one_that_only_studio_finds() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_studio"))
         .env_remove("SANDBOX_AUTH_TOKEN")
         .current_dir(cwd.path())
-        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(["broker", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -196,7 +196,7 @@ fn without_bubblewrap_up_refuses_and_names_the_package() {
     let data = tempfile::tempdir().unwrap();
     let output = studio()
         .env("PATH", data.path())
-        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(["broker", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data.path().join("data"))
         .output()
@@ -255,7 +255,7 @@ fn spans_are_exported_over_otlp_with_the_callers_trace_id() {
     let data = tempfile::tempdir().unwrap();
     let mut child = studio()
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
-        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(["broker", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data.path().join("data"))
         .stdout(Stdio::piped())

@@ -218,7 +218,9 @@ impl ConductorConfig {
     }
 
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("conductor.db").display()))
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("conductor.db").display()))
     }
 
     /// Defaults with the data dir at `data_dir`, loopback on an ephemeral port, `rules` brain: for tests.

@@ -2,7 +2,6 @@
 
 use std::future::Future;
 
-
 use agentstudio_proto::conductor::v1::conductor_service_server::ConductorServiceServer;
 use anyhow::Context;
 use service_kit::auth::BearerAuth;
@@ -12,7 +11,6 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
-
 
 use crate::broker_client::BrokerClient;
 use crate::chat::Chat;
@@ -79,7 +77,8 @@ pub async fn serve_with_ready(
     let brain = crate::brain::build(&config)?;
     let shutdown_followers = CancellationToken::new();
     let workers = Workers::new(store.clone(), broker, config.budgets.clone(), shutdown_followers.clone());
-    let chat = Chat::new(store.clone(), workers.clone(), brain.clone(), config.budgets.clone(), config.history_token_budget);
+    let chat =
+        Chat::new(store.clone(), workers.clone(), brain.clone(), config.budgets.clone(), config.history_token_budget);
     start_background(&workers);
 
     let (health, health_service) = tonic_health::server::health_reporter();

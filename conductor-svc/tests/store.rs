@@ -85,7 +85,13 @@ fn at(millis: u64) -> SystemTime {
 }
 
 fn conversation(id: &str, title: &str, millis: u64) -> ConversationRow {
-    ConversationRow { id: id.into(), title: title.into(), created_at: at(millis), updated_at: at(millis), message_count: 0 }
+    ConversationRow {
+        id: id.into(),
+        title: title.into(),
+        created_at: at(millis),
+        updated_at: at(millis),
+        message_count: 0,
+    }
 }
 
 fn message(id: &str, conversation_id: &str, text: &str, millis: u64) -> MessageRow {
@@ -128,7 +134,13 @@ fn worker(id: &str, conversation_id: &str, millis: u64) -> WorkerRow {
 }
 
 fn memory(key: &str, content: &str, millis: u64) -> MemoryRow {
-    MemoryRow { key: key.into(), content: content.into(), source: "stu".into(), created_at: at(millis), updated_at: at(millis) }
+    MemoryRow {
+        key: key.into(),
+        content: content.into(),
+        source: "stu".into(),
+        created_at: at(millis),
+        updated_at: at(millis),
+    }
 }
 
 fn capability(template: &str, name: &str, version: &str, millis: u64) -> CapabilityRow {
@@ -257,7 +269,10 @@ async fn workers(kind: Kind) {
     };
     assert_eq!(list(WorkerFilter::default()).await, ["w4", "w3", "w2", "w1"], "newest first");
     assert_eq!(list(WorkerFilter { conversation_id: Some("c1".into()), ..Default::default() }).await, ["w2", "w1"]);
-    assert_eq!(list(WorkerFilter { states: WorkerState::ACTIVE.to_vec(), ..Default::default() }).await, ["w4", "w3", "w2"]);
+    assert_eq!(
+        list(WorkerFilter { states: WorkerState::ACTIVE.to_vec(), ..Default::default() }).await,
+        ["w4", "w3", "w2"]
+    );
     assert_eq!(list(WorkerFilter { kind: Some(WorkerKind::Infrastructure), ..Default::default() }).await, ["w3"]);
     let narrow = WorkerFilter {
         conversation_id: Some("c2".into()),
@@ -345,7 +360,10 @@ async fn memories(kind: Kind) {
     update.source = "user:cli:alice".into();
     let stored = store.remember(&update).await.unwrap();
     assert_eq!(stored.created_at, at(1_000));
-    assert_eq!((stored.updated_at, stored.content.as_str(), stored.source.as_str()), (at(4_000), "Production is on Kubernetes", "user:cli:alice"));
+    assert_eq!(
+        (stored.updated_at, stored.content.as_str(), stored.source.as_str()),
+        (at(4_000), "Production is on Kubernetes", "user:cli:alice")
+    );
 
     let search = |query: &'static str, limit: u32| {
         let store = store.clone();
@@ -411,10 +429,13 @@ async fn state_survives_reopening(kind: Kind) {
     // Two stores opening a new database at once (two replicas starting) both migrate it safely.
     let (first, second) = tokio::join!(Store::connect(fixture.url()), Store::connect(fixture.url()));
     let (store, second) = (first.unwrap(), second.unwrap());
-    assert_eq!(store.backend(), match kind {
-        Kind::Sqlite => "sqlite",
-        Kind::Postgres => "postgres",
-    });
+    assert_eq!(
+        store.backend(),
+        match kind {
+            Kind::Sqlite => "sqlite",
+            Kind::Postgres => "postgres",
+        }
+    );
     second.close().await;
 
     store.create_conversation(&conversation("c1", "kept", 1_000)).await.unwrap();
@@ -527,7 +548,7 @@ async fn connection_errors_are_clear_and_hide_the_password(kind: Kind) {
                     assert!(!text.contains("wrong-hunter2-secret"), "{text}");
                 }
                 // A server configured with `trust` authentication accepts any password.
-                Ok(store) => eprintln!("the test server ignores passwords: wrong-password check not possible"),
+                Ok(_store) => eprintln!("the test server ignores passwords: wrong-password check not possible"),
             }
 
             let store = fixture.open().await;

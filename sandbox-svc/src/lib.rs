@@ -16,5 +16,5 @@ pub mod template;
 pub mod workspace_path;
 
 pub use config::BrokerConfig;
-pub use service_kit::{secret, shutdown_signal, telemetry};
 pub use server::{GENERATED_TOKEN_FILE, Ready, run, serve, serve_with_ready};
+pub use service_kit::{secret, shutdown_signal, telemetry};

@@ -16,12 +16,11 @@ use tonic_health::ServingStatus;
 use crate::broker::Broker;
 use crate::config::BrokerConfig;
 use crate::grpc::SandboxGrpc;
-use service_kit::auth::BearerAuth;
 use crate::provider::SandboxProvider;
 use crate::provider::local::{LocalOptions, LocalProvider};
 use crate::redact::Redactor;
-use crate::secret::SecretString;
 use crate::template::TemplateCatalog;
+use service_kit::auth::BearerAuth;
 
 /// Binds `config.listen_addr` and serves until `shutdown` resolves.
 pub async fn run(mut config: BrokerConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
@@ -103,7 +102,8 @@ pub async fn serve_with_ready(
     raise_open_file_limit();
 
     let limits = config.limits.clone();
-    let broker = Broker::new(limits.clone(), templates, config.claude_runtime_env(), provider.clone(), redactor, spool_dir);
+    let broker =
+        Broker::new(limits.clone(), templates, config.claude_runtime_env(), provider.clone(), redactor, spool_dir);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SandboxServiceServer<SandboxGrpc>>().await;
     health.set_service_status("", ServingStatus::Serving).await;

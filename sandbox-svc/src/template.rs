@@ -218,11 +218,15 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_durations_are_rejected_with_the_reason() {
         let base = "name = \"x\"\nruntime = \"shell\"\nsmoke_test = \"true\"\n";
-        let err = parse(&format!("{base}default_timeout = \"soon\""), "t", None, String::new()).unwrap_err().to_string();
+        let err =
+            parse(&format!("{base}default_timeout = \"soon\""), "t", None, String::new()).unwrap_err().to_string();
         assert!(err.contains("default_timeout"), "{err}");
-        let err = parse(&format!("{base}default_timeout = \"1m\"\nnetwrok = true"), "t", None, String::new()).unwrap_err().to_string();
+        let err = parse(&format!("{base}default_timeout = \"1m\"\nnetwrok = true"), "t", None, String::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("netwrok"), "{err}");
-        let err = parse(&format!("{base}default_timeout = \"1m\""), "t", Some("y"), String::new()).unwrap_err().to_string();
+        let err =
+            parse(&format!("{base}default_timeout = \"1m\""), "t", Some("y"), String::new()).unwrap_err().to_string();
         assert!(err.contains("directory name"), "{err}");
     }
 }

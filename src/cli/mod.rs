@@ -1,8 +1,11 @@
 //! The `studio` commands.
 
 mod client;
+mod conductor_client;
 mod output;
 mod sandbox;
+mod serve;
+mod stu;
 mod up;
 
 use std::process::ExitCode;
@@ -35,36 +38,65 @@ pub struct BrokerClientArgs {
 }
 
 impl BrokerClientArgs {
-    fn is_loopback(&self) -> bool {
-        let host = self.url.split("://").nth(1).unwrap_or(&self.url);
-        let host = host.split('/').next().unwrap_or_default();
-        let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
-        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-    }
-
     /// The token to send: given, read from the given file, or — for a broker on this machine
     /// only — the one `studio up` generated in its data dir (`SANDBOX_DATA_DIR`).
     pub fn resolve_token(&self) -> anyhow::Result<Option<SecretString>> {
-        if let Some(token) = self.token.as_ref().filter(|t| !t.expose().is_empty()) {
-            return Ok(Some(token.clone()));
-        }
-        let (path, required) = match &self.token_file {
-            Some(path) => (path.clone(), true),
-            None if self.is_loopback() => (self.data_dir.join(sandbox_svc::GENERATED_TOKEN_FILE), false),
-            None => return Ok(None),
-        };
-        match std::fs::read_to_string(&path) {
-            Ok(token) => Ok(Some(SecretString::new(token.trim_end()))),
-            Err(error) if !required && error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(anyhow::anyhow!("cannot read the token file {}: {error}", path.display())),
-        }
+        read_token(
+            self.token.as_ref(),
+            self.token_file.as_deref(),
+            is_loopback(&self.url).then(|| self.data_dir.join(sandbox_svc::GENERATED_TOKEN_FILE)),
+        )
+    }
+}
+
+pub fn is_loopback(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or(url);
+    let host = host.split('/').next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A given token; else the given file (must exist); else the generated file, if present.
+pub fn read_token(
+    token: Option<&SecretString>,
+    token_file: Option<&std::path::Path>,
+    generated: Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<SecretString>> {
+    if let Some(token) = token.filter(|t| !t.expose().is_empty()) {
+        return Ok(Some(token.clone()));
+    }
+    let (path, required) = match (token_file, generated) {
+        (Some(path), _) => (path.to_owned(), true),
+        (None, Some(path)) => (path, false),
+        (None, None) => return Ok(None),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(token) => Ok(Some(SecretString::new(token.trim_end()))),
+        Err(error) if !required && error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(anyhow::anyhow!("cannot read the token file {}: {error}", path.display())),
     }
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the system on its embedded defaults (the sandbox broker on 127.0.0.1:50052).
-    Up(Box<up::UpArgs>),
+    /// Start the whole system on its embedded defaults: conductor on 127.0.0.1:50051, broker on 127.0.0.1:50052.
+    Up(up::UpArgs),
+    /// Run the sandbox broker alone, in the foreground.
+    Broker(Box<serve::BrokerArgs>),
+    /// Run the conductor (Stu) alone, in the foreground.
+    Conductor(Box<serve::ConductorArgs>),
+    /// Talk to Stu interactively; workers' output streams as they run.
+    Chat(stu::ChatArgs),
+    /// Send one message to Stu and print the reply; exits non-zero if the turn or a worker failed.
+    Send(stu::SendArgs),
+    /// List workers.
+    Workers(stu::WorkersArgs),
+    /// Print a worker's output (replayed after a seq; --follow keeps following).
+    Logs(stu::LogsArgs),
+    /// Cancel a running worker.
+    Cancel(stu::CancelArgs),
+    /// Show, add or forget what Stu remembers.
+    Memory(stu::MemoryArgs),
     /// Create, list, inspect and kill sandboxes.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
@@ -78,7 +110,15 @@ enum Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up(args) => up::run(*args).await.map(|()| ExitCode::SUCCESS),
+        Command::Up(args) => up::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Broker(args) => serve::broker(*args).await.map(|()| ExitCode::SUCCESS),
+        Command::Conductor(args) => serve::conductor(*args).await.map(|()| ExitCode::SUCCESS),
+        Command::Chat(args) => stu::chat(args).await,
+        Command::Send(args) => stu::send(args).await,
+        Command::Workers(args) => stu::workers(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Logs(args) => stu::logs(args).await,
+        Command::Cancel(args) => stu::cancel(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Memory(args) => stu::memory(args).await.map(|()| ExitCode::SUCCESS),
         Command::Sandbox(command) => sandbox::run(command).await.map(|()| ExitCode::SUCCESS),
         Command::Exec(args) => sandbox::exec(args).await,
         Command::Attach(args) => sandbox::attach(args).await,

@@ -122,8 +122,10 @@ impl AnthropicBrain {
                     return Err(retry_if_nothing_read(error, events.bytes_read()));
                 }
             };
-            if reply.apply(&event).await.map_err(AttemptError::fatal)? {
-                return reply.finish().map_err(AttemptError::fatal);
+            // Errors from here on are never retried: a retry would repeat text the user already saw.
+            let scrubbed = |error| AttemptError::fatal(retry::scrub_error(error, Some(key)));
+            if reply.apply(&event).await.map_err(scrubbed)? {
+                return reply.finish().map_err(scrubbed);
             }
         }
     }
@@ -141,7 +143,8 @@ impl Brain for AnthropicBrain {
 
     async fn respond(&self, request: &BrainRequest, text: &TextSink) -> Result<BrainReply, BrainError> {
         let body = bytes::Bytes::from(self.request_body(request).to_string());
-        self.config.retry.run(BACKEND, |_| self.attempt(&body, text)).await
+        let result = self.config.retry.run(BACKEND, |_| self.attempt(&body, text)).await;
+        result.map_err(|error| retry::scrub_error(error, Some(self.config.api_key.expose())))
     }
 }
 
@@ -192,7 +195,12 @@ fn retry_if_nothing_read(error: BrainError, bytes_read: u64) -> AttemptError {
 /// A content block being streamed.
 enum Partial {
     Text(String),
-    ToolUse { id: String, name: String, initial_input: Value, json: String },
+    ToolUse {
+        id: String,
+        name: String,
+        initial_input: Value,
+        json: String,
+    },
     /// Thinking, server tools and block types newer than this code: ignored.
     Other,
 }
@@ -305,7 +313,8 @@ impl<'a> ReplyState<'a> {
                 }
             }
             "message_delta" => {
-                if let Some(reason) = parsed.delta.as_ref().and_then(|delta| delta.get("stop_reason")).and_then(Value::as_str)
+                if let Some(reason) =
+                    parsed.delta.as_ref().and_then(|delta| delta.get("stop_reason")).and_then(Value::as_str)
                 {
                     self.stop_reason = reason.to_owned();
                 }
@@ -331,7 +340,8 @@ impl<'a> ReplyState<'a> {
     fn read_usage(&mut self, usage: &Value) {
         let field = |name: &str| usage.get(name).and_then(Value::as_u64);
         if let Some(input) = field("input_tokens") {
-            let cached = field("cache_creation_input_tokens").unwrap_or(0) + field("cache_read_input_tokens").unwrap_or(0);
+            let cached =
+                field("cache_creation_input_tokens").unwrap_or(0) + field("cache_read_input_tokens").unwrap_or(0);
             self.input_tokens = input + cached;
         }
         if let Some(output) = field("output_tokens") {
@@ -456,7 +466,8 @@ mod tests {
 
     #[test]
     fn no_system_and_no_tools_are_left_out() {
-        let request = BrainRequest { system: String::new(), messages: vec![ChatMessage::user_text("hi")], tools: vec![] };
+        let request =
+            BrainRequest { system: String::new(), messages: vec![ChatMessage::user_text("hi")], tools: vec![] };
         let body = brain().request_body(&request);
         assert!(body.get("system").is_none() && body.get("tools").is_none());
     }
@@ -476,8 +487,10 @@ mod tests {
         let delta = json!({"type": "content_block_delta", "index": 1,
             "delta": {"type": "input_json_delta", "partial_json": "{\"key\": "}});
         state.apply(&event("content_block_delta", delta)).await.unwrap();
-        let error =
-            state.apply(&event("content_block_stop", json!({"type": "content_block_stop", "index": 1}))).await.unwrap_err();
+        let error = state
+            .apply(&event("content_block_stop", json!({"type": "content_block_stop", "index": 1})))
+            .await
+            .unwrap_err();
         assert!(error.to_string().contains("`remember` (toolu_10)"), "{error}");
         assert_eq!(
             state.finished.get(&0),

@@ -138,7 +138,11 @@ mod tests {
         assert_eq!(estimate_tokens(&user(&"a".repeat(400))), 100 + BLOCK_OVERHEAD_TOKENS + MESSAGE_OVERHEAD_TOKENS);
         let big_input = ChatMessage {
             role: Role::Assistant,
-            content: vec![Block::ToolUse { id: String::new(), name: String::new(), input: json!({"k": "v".repeat(790)}) }],
+            content: vec![Block::ToolUse {
+                id: String::new(),
+                name: String::new(),
+                input: json!({"k": "v".repeat(790)}),
+            }],
         };
         // {"k":"vvv…"} is 798 characters → 200 tokens.
         assert_eq!(estimate_tokens(&big_input), 200 + BLOCK_OVERHEAD_TOKENS + MESSAGE_OVERHEAD_TOKENS);

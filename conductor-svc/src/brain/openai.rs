@@ -158,7 +158,8 @@ impl Brain for OpenAiBrain {
 
     async fn respond(&self, request: &BrainRequest, text: &TextSink) -> Result<BrainReply, BrainError> {
         let body = bytes::Bytes::from(self.request_body(request).to_string());
-        self.config.retry.run(BACKEND, |_| self.attempt(&body, text)).await
+        let result = self.config.retry.run(BACKEND, |_| self.attempt(&body, text)).await;
+        result.map_err(|error| retry::scrub_error(error, self.secret()))
     }
 }
 
@@ -376,7 +377,11 @@ mod tests {
                     role: Role::User,
                     content: vec![
                         Block::ToolResult { tool_use_id: "call_1".into(), content: "found".into(), is_error: false },
-                        Block::ToolResult { tool_use_id: "call_2".into(), content: "no such worker".into(), is_error: true },
+                        Block::ToolResult {
+                            tool_use_id: "call_2".into(),
+                            content: "no such worker".into(),
+                            is_error: true,
+                        },
                     ],
                 },
                 ChatMessage { role: Role::Assistant, content: vec![Block::text("done")] },
@@ -428,10 +433,17 @@ mod tests {
         assert!(state.apply(&SseEvent { event: "message".into(), data: "[DONE]".into() }, None).await.unwrap());
         let reply = state.finish().unwrap();
         assert_eq!(reply.stop_reason, "tool_calls");
-        assert_eq!(reply.content, vec![
-            Block::ToolUse { id: "call_a".into(), name: "remember".into(), input: json!({"key": "k", "content": "v"}) },
-            Block::ToolUse { id: "call_b".into(), name: "recall".into(), input: json!({}) },
-        ]);
+        assert_eq!(
+            reply.content,
+            vec![
+                Block::ToolUse {
+                    id: "call_a".into(),
+                    name: "remember".into(),
+                    input: json!({"key": "k", "content": "v"})
+                },
+                Block::ToolUse { id: "call_b".into(), name: "recall".into(), input: json!({}) },
+            ]
+        );
     }
 
     #[test]

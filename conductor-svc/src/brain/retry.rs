@@ -46,7 +46,9 @@ impl Default for RetryPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Repeat, after the server's `retry-after` when it gave one, else after a backoff.
-    Retry { after: Option<Duration> },
+    Retry {
+        after: Option<Duration>,
+    },
     Final,
 }
 
@@ -170,7 +172,13 @@ impl RetryPolicy {
             }
             let wait = after.unwrap_or_else(|| self.backoff(number - 1));
             if waited + wait > self.max_total_wait {
-                tracing::warn!(backend, attempt = number, ?wait, ?waited, "not retrying: the wait would exceed the budget");
+                tracing::warn!(
+                    backend,
+                    attempt = number,
+                    ?wait,
+                    ?waited,
+                    "not retrying: the wait would exceed the budget"
+                );
                 return Err(with_attempts(failure.error, number));
             }
             tracing::warn!(backend, attempt = number, ?wait, error = %failure.error, "retrying brain call");
@@ -242,7 +250,8 @@ pub async fn send(
     if let Some(request_id) = request_id.map(str::to_owned).or(parsed.request_id) {
         message.push_str(&format!(" (request id {request_id})"));
     }
-    let error = BrainError::Http { backend, status, message: scrub(&message, secret), retry_after: failure.retry_after };
+    let error =
+        BrainError::Http { backend, status, message: scrub(&message, secret), retry_after: failure.retry_after };
     Err(AttemptError { error, verdict: classify_http(&failure) })
 }
 
@@ -323,6 +332,22 @@ pub fn scrub(text: &str, secret: Option<&str>) -> String {
     }
 }
 
+/// `error` with `secret` scrubbed from all its text: the last guard before an error leaves a backend.
+pub fn scrub_error(error: BrainError, secret: Option<&str>) -> BrainError {
+    match error {
+        BrainError::Http { backend, status, message, retry_after } => {
+            BrainError::Http { backend, status, message: scrub(&message, secret), retry_after }
+        }
+        BrainError::Transport { backend, message } => {
+            BrainError::Transport { backend, message: scrub(&message, secret) }
+        }
+        BrainError::Protocol { backend, message } => BrainError::Protocol { backend, message: scrub(&message, secret) },
+        BrainError::Stream { backend, kind, message } => {
+            BrainError::Stream { backend, kind: scrub(&kind, secret), message: scrub(&message, secret) }
+        }
+    }
+}
+
 fn clip(text: &str) -> String {
     let text = text.trim();
     match text.char_indices().nth(MAX_ERROR_MESSAGE_CHARS) {
@@ -374,10 +399,14 @@ mod tests {
             assert_eq!(verdict(status), Verdict::Final, "{status}");
         }
         let after = Some(Duration::from_secs(3));
-        assert_eq!(classify_http(&HttpFailure { status: 429, retry_after: after, ..HttpFailure::default() }), Verdict::Retry {
-            after
-        });
-        assert_eq!(classify_http(&HttpFailure { status: 429, spend_limit: true, ..HttpFailure::default() }), Verdict::Final);
+        assert_eq!(
+            classify_http(&HttpFailure { status: 429, retry_after: after, ..HttpFailure::default() }),
+            Verdict::Retry { after }
+        );
+        assert_eq!(
+            classify_http(&HttpFailure { status: 429, spend_limit: true, ..HttpFailure::default() }),
+            Verdict::Final
+        );
         assert_eq!(
             classify_http(&HttpFailure { status: 503, server_says_no_retry: true, ..HttpFailure::default() }),
             Verdict::Final
@@ -441,13 +470,17 @@ mod tests {
     #[test]
     fn error_bodies_of_both_apis_are_understood() {
         let anthropic = r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down","details":{"error_code":"enforced_spend_limit_reached"}},"request_id":"req_1"}"#;
-        assert_eq!(ErrorBody::parse(anthropic), ErrorBody {
-            error_type: Some("rate_limit_error".into()),
-            code: Some("enforced_spend_limit_reached".into()),
-            message: "slow down".into(),
-            request_id: Some("req_1".into()),
-        });
-        let openai = r#"{"error":{"message":"quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+        assert_eq!(
+            ErrorBody::parse(anthropic),
+            ErrorBody {
+                error_type: Some("rate_limit_error".into()),
+                code: Some("enforced_spend_limit_reached".into()),
+                message: "slow down".into(),
+                request_id: Some("req_1".into()),
+            }
+        );
+        let openai =
+            r#"{"error":{"message":"quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
         assert_eq!(ErrorBody::parse(openai).code.as_deref(), Some("insufficient_quota"));
         let old_vllm = r#"{"object":"error","message":"bad model","type":"BadRequestError","param":null,"code":400}"#;
         let parsed = ErrorBody::parse(old_vllm);

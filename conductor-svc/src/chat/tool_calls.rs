@@ -183,7 +183,8 @@ impl Turn {
                     text,
                     "Infrastructure workers: {}",
                     match infrastructure {
-                        Some(t) => format!("enabled (template `infrastructure` version {}, runtime {})", t.version, t.runtime),
+                        Some(t) =>
+                            format!("enabled (template `infrastructure` version {}, runtime {})", t.version, t.runtime),
                         None => "not enabled: the broker has no `infrastructure` template".into(),
                     }
                 );

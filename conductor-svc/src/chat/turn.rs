@@ -47,7 +47,11 @@ impl Turn {
         let store = &inner.store;
         let user = ChatMessage::user_text(&self.text);
         self.store_message(&user, &self.sender, Vec::new()).await?;
-        self.chat.inner.workers.audit(&self.sender, "send_message", &self.conversation_id, &self.text, &self.trace_id).await;
+        self.chat
+            .inner
+            .workers
+            .audit(&self.sender, "send_message", &self.conversation_id, &self.text, &self.trace_id)
+            .await;
 
         let mut history: Vec<ChatMessage> = store
             .messages(&self.conversation_id, HISTORY_MESSAGES)

@@ -151,7 +151,11 @@ pub fn event(event: TurnEvent) -> pb::ConductorEvent {
         TurnEvent::WorkerOutput { worker_id, seq, stderr, data } => Event::WorkerOutput(ev::WorkerOutput {
             worker_id,
             seq,
-            data: Some(if stderr { ev::worker_output::Data::Stderr(data) } else { ev::worker_output::Data::Stdout(data) }),
+            data: Some(if stderr {
+                ev::worker_output::Data::Stderr(data)
+            } else {
+                ev::worker_output::Data::Stdout(data)
+            }),
         }),
         TurnEvent::WorkerFinished { worker_id, exit_code, summary, state: worker_state } => {
             Event::WorkerFinished(ev::WorkerFinished {

@@ -34,6 +34,24 @@ impl ConductorGrpc {
     }
 }
 
+/// The stream up to and including `last` (all of it when `None`), without waiting for more.
+fn stop_at(
+    stream: tonic::Streaming<agentstudio_proto::sandbox::v1::ProcessEvent>,
+    last: Option<u64>,
+    after_seq: u64,
+) -> Pin<Box<dyn Stream<Item = Result<agentstudio_proto::sandbox::v1::ProcessEvent, Status>> + Send>> {
+    let Some(last) = last else { return Box::pin(stream) };
+    let done = last <= after_seq;
+    Box::pin(futures_util::stream::unfold((stream, done), move |(mut stream, done)| async move {
+        if done {
+            return None;
+        }
+        let item = stream.message().await.transpose()?;
+        let done = item.as_ref().is_ok_and(|event| event.seq >= last) || item.is_err();
+        Some((item, (stream, done)))
+    }))
+}
+
 fn limit(requested: u32, default: u32, max: u32) -> u32 {
     if requested == 0 { default } else { requested.min(max) }
 }
@@ -106,7 +124,10 @@ impl ConductorService for ConductorGrpc {
         Ok(Response::new(pb::ListWorkersResponse { workers: rows.into_iter().map(convert::worker).collect() }))
     }
 
-    async fn get_worker(&self, request: Request<pb::GetWorkerRequest>) -> Result<Response<pb::GetWorkerResponse>, Status> {
+    async fn get_worker(
+        &self,
+        request: Request<pb::GetWorkerRequest>,
+    ) -> Result<Response<pb::GetWorkerResponse>, Status> {
         let id = request.into_inner().worker_id;
         if id.is_empty() {
             return Err(Status::invalid_argument("worker_id: required"));
@@ -123,8 +144,13 @@ impl ConductorService for ConductorGrpc {
         if request.worker_id.is_empty() {
             return Err(Status::invalid_argument("worker_id: required"));
         }
-        let (row, broker_stream) = self.workers.attach(&request.worker_id, request.after_seq).await?;
+        let (row, broker_stream, stop_after) =
+            self.workers.attach(&request.worker_id, request.after_seq, request.follow).await?;
         let worker_id = row.id;
+        // Not following: end once the last seq that existed at the call went out (or at once if
+        // there was nothing after `after_seq`).
+        let broker_stream =
+            stop_at(broker_stream, stop_after.map(|last| last.max(request.after_seq)), request.after_seq);
         // A straight relay of the broker's stream: its seq is the worker's seq, so resuming
         // after any seq works through either service.
         let stream = broker_stream.filter_map(move |item| {

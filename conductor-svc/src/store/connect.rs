@@ -96,7 +96,8 @@ fn parse(url: &str) -> Result<Target, StoreError> {
                 url: redact_url(url),
                 message,
             };
-            let options = SqliteConnectOptions::from_str(url).map_err(|error| invalid(scrub(&error.to_string(), url)))?;
+            let options =
+                SqliteConnectOptions::from_str(url).map_err(|error| invalid(scrub(&error.to_string(), url)))?;
             if url.contains(":memory:") || url.contains("mode=memory") {
                 return Ok(Target::SqliteMemory(options.foreign_keys(true)));
             }

@@ -27,14 +27,12 @@ impl Store {
 
     pub async fn get_conversation(&self, id: &str) -> Result<Option<ConversationRow>, StoreError> {
         let row = with_pool!(self, |pool| {
-            sqlx::query(
-                "SELECT id, title, created_at, updated_at, message_count FROM conversations WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_optional(pool)
-            .await
-            .map_err(|error| self.database_error(error))?
-            .map(|row| conversation_from_row(&row))
+            sqlx::query("SELECT id, title, created_at, updated_at, message_count FROM conversations WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .map_err(|error| self.database_error(error))?
+                .map(|row| conversation_from_row(&row))
         });
         row.transpose()
     }

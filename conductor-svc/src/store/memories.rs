@@ -7,7 +7,7 @@ impl Store {
     /// Stores `memory` under its key. A key already present keeps its original `created_at`; its
     /// content, source and `updated_at` are replaced. Returns the row as stored.
     pub async fn remember(&self, memory: &MemoryRow) -> Result<MemoryRow, StoreError> {
-        let row = with_pool!(self, |pool| {
+        with_pool!(self, |pool| {
             sqlx::query(
                 "INSERT INTO memories (key, content, source, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (key) DO UPDATE SET content = excluded.content, source = excluded.source, \
@@ -23,8 +23,7 @@ impl Store {
             .await
             .map_err(|error| self.database_error(error))
             .and_then(|row| memory_from_row(&row))
-        });
-        row
+        })
     }
 
     /// Deletes the memory under `key`; false when there was none.

@@ -101,15 +101,13 @@ impl Store {
     pub async fn record_worker_seq(&self, id: &str, seq: u64) -> Result<(), StoreError> {
         let seq = u64_to_i64("seq", seq)?;
         let result = with_pool!(self, |pool| {
-            sqlx::query(
-                "UPDATE workers SET last_seq = CASE WHEN last_seq > $2 THEN last_seq ELSE $2 END WHERE id = $1",
-            )
-            .bind(id)
-            .bind(seq)
-            .execute(pool)
-            .await
-            .map_err(|error| self.database_error(error))?
-            .rows_affected()
+            sqlx::query("UPDATE workers SET last_seq = CASE WHEN last_seq > $2 THEN last_seq ELSE $2 END WHERE id = $1")
+                .bind(id)
+                .bind(seq)
+                .execute(pool)
+                .await
+                .map_err(|error| self.database_error(error))?
+                .rows_affected()
         });
         if result == 0 {
             return Err(StoreError::NotFound { what: "worker", id: id.to_string() });
@@ -118,7 +116,11 @@ impl Store {
     }
 
     /// How many workers are in one of `states` (empty = any), in one conversation or in all.
-    pub async fn count_workers(&self, conversation_id: Option<&str>, states: &[WorkerState]) -> Result<u64, StoreError> {
+    pub async fn count_workers(
+        &self,
+        conversation_id: Option<&str>,
+        states: &[WorkerState],
+    ) -> Result<u64, StoreError> {
         let count: i64 = with_pool!(self, |pool| {
             let mut query = builder_for(pool, "SELECT COUNT(*) FROM workers");
             push_filter(&mut query, conversation_id, states, None);

@@ -22,7 +22,10 @@ const RECONNECT_INITIAL: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 enum End {
-    Exited { exit_code: i32, signal: i32 },
+    Exited {
+        exit_code: i32,
+        signal: i32,
+    },
     Stopped(StopCause),
     TimedOut,
     Lost(String),
@@ -162,7 +165,11 @@ pub(super) async fn follow(
 }
 
 fn stop_cause(live: &Live) -> StopCause {
-    live.stop_cause.lock().expect("lock poisoned").clone().unwrap_or(StopCause { by: String::new(), reason: String::new() })
+    live.stop_cause
+        .lock()
+        .expect("lock poisoned")
+        .clone()
+        .unwrap_or(StopCause { by: String::new(), reason: String::new() })
 }
 
 async fn finish(workers: &Workers, live: &Live, mut row: WorkerRow, mut digest: OutputDigest, seen_seq: u64, end: End) {
@@ -178,7 +185,8 @@ async fn finish(workers: &Workers, live: &Live, mut row: WorkerRow, mut digest: 
             row.summary = digest.summary(exit_code);
             let claude_error = digest.result.as_ref().is_some_and(|r| r.is_error);
             row.state = if exit_code == 0 && !claude_error { WorkerState::Succeeded } else { WorkerState::Failed };
-            row.end_reason = if signal != 0 { format!("killed by signal {signal}") } else { format!("exited {exit_code}") };
+            row.end_reason =
+                if signal != 0 { format!("killed by signal {signal}") } else { format!("exited {exit_code}") };
             if let Some(result) = &digest.result {
                 row.cost_usd = result.total_cost_usd;
                 row.num_turns = result.num_turns;
@@ -191,8 +199,10 @@ async fn finish(workers: &Workers, live: &Live, mut row: WorkerRow, mut digest: 
         }
         End::TimedOut => {
             row.state = WorkerState::TimedOut;
-            row.end_reason =
-                format!("wall time {} exceeded (CONDUCTOR_WORKER_WALL_TIME)", humantime::format_duration(inner.budgets.worker_wall_time));
+            row.end_reason = format!(
+                "wall time {} exceeded (CONDUCTOR_WORKER_WALL_TIME)",
+                humantime::format_duration(inner.budgets.worker_wall_time)
+            );
             row.summary = format!("{}. Output so far:\n{}", row.end_reason, digest.tail());
         }
         End::Lost(reason) => {

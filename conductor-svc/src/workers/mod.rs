@@ -68,7 +68,11 @@ impl From<WorkerError> for Status {
 /// What a watcher of a live worker receives.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
-    Output { seq: u64, stderr: bool, data: Bytes },
+    Output {
+        seq: u64,
+        stderr: bool,
+        data: Bytes,
+    },
     /// Progress about the worker that is not its output ("broker unreachable, retrying in 2s").
     Notice(String),
 }
@@ -173,9 +177,10 @@ impl Workers {
         }
         let templates = self.templates().await?;
         let template_name = request.kind.template();
-        let template = templates.iter().find(|t| t.name == template_name).ok_or_else(|| {
-            WorkerError::FailedPrecondition(format!("the broker has no {template_name:?} template"))
-        })?;
+        let template = templates
+            .iter()
+            .find(|t| t.name == template_name)
+            .ok_or_else(|| WorkerError::FailedPrecondition(format!("the broker has no {template_name:?} template")))?;
         let now = SystemTime::now();
         let mut row = WorkerRow {
             id: format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
@@ -201,8 +206,14 @@ impl Workers {
             finished_at: None,
         };
         self.admit(&row).await?;
-        self.audit(&request.requested_by, "spawn_worker", &row.id, &format!("{}: {task}", row.kind.as_str()), &row.trace_id)
-            .await;
+        self.audit(
+            &request.requested_by,
+            "spawn_worker",
+            &row.id,
+            &format!("{}: {task}", row.kind.as_str()),
+            &row.trace_id,
+        )
+        .await;
         match self.start(&mut row).await {
             Ok(stream) => {
                 let live = self.register(&row.id);
@@ -279,8 +290,7 @@ impl Workers {
             stdin: false,
         };
         // Not retried: a second StartProcess would run the task twice.
-        let mut stream =
-            broker.raw().start_process(request).await.map_err(WorkerError::Broker)?.into_inner();
+        let mut stream = broker.raw().start_process(request).await.map_err(WorkerError::Broker)?.into_inner();
         let first = tokio::time::timeout(START_DEADLINE, stream.message())
             .await
             .map_err(|_| WorkerError::Broker(Status::deadline_exceeded("the worker process did not start in 30s")))?
@@ -296,8 +306,7 @@ impl Workers {
     fn register(&self, worker_id: &str) -> Arc<Live> {
         let (events, _) = broadcast::channel(LIVE_EVENTS_CAPACITY);
         let (finished, _) = watch::channel(None);
-        let live =
-            Arc::new(Live { events, finished, stop: CancellationToken::new(), stop_cause: Mutex::new(None) });
+        let live = Arc::new(Live { events, finished, stop: CancellationToken::new(), stop_cause: Mutex::new(None) });
         self.inner.live.lock().expect("lock poisoned").insert(worker_id.to_owned(), live.clone());
         live
     }
@@ -321,7 +330,13 @@ impl Workers {
 
     /// Kills the worker's sandbox; it ends CANCELLED with `by` and `reason` recorded. An ended
     /// worker is returned unchanged.
-    pub async fn cancel(&self, worker_id: &str, by: &str, reason: &str, trace_id: &str) -> Result<WorkerRow, WorkerError> {
+    pub async fn cancel(
+        &self,
+        worker_id: &str,
+        by: &str,
+        reason: &str,
+        trace_id: &str,
+    ) -> Result<WorkerRow, WorkerError> {
         let row = self.get(worker_id).await?;
         if !row.state.is_active() {
             return Ok(row);
@@ -341,7 +356,8 @@ impl Workers {
             return Ok(row);
         };
         let mut finished = live.finished.subscribe();
-        *live.stop_cause.lock().expect("lock poisoned") = Some(StopCause { by: by.to_owned(), reason: reason.to_owned() });
+        *live.stop_cause.lock().expect("lock poisoned") =
+            Some(StopCause { by: by.to_owned(), reason: reason.to_owned() });
         live.stop.cancel();
         let row = finished
             .wait_for(Option::is_some)
@@ -382,12 +398,14 @@ impl Workers {
         Ok(adopted)
     }
 
-    /// The broker's output stream of a worker after `after_seq` (replay, then live).
+    /// The broker's output stream of a worker after `after_seq` (replay, then live), and — when
+    /// not following — the last seq that existed at the call, after which the caller stops.
     pub async fn attach(
         &self,
         worker_id: &str,
         after_seq: u64,
-    ) -> Result<(WorkerRow, tonic::Streaming<pb::ProcessEvent>), WorkerError> {
+        follow: bool,
+    ) -> Result<(WorkerRow, tonic::Streaming<pb::ProcessEvent>, Option<u64>), WorkerError> {
         let row = self.get(worker_id).await?;
         if row.process_id.is_empty() {
             return Err(if row.state.is_active() {
@@ -396,13 +414,30 @@ impl Workers {
                 WorkerError::NotFound(format!("worker {worker_id} never started: {}", row.end_reason))
             });
         }
+        let not_found = |status: Status| {
+            if status.code() == tonic::Code::NotFound {
+                WorkerError::NotFound(format!(
+                    "the broker no longer holds the output of worker {worker_id} (its sandbox ended and was forgotten); \
+                     its summary is in GetWorker"
+                ))
+            } else {
+                WorkerError::Broker(status)
+            }
+        };
+        let stop_after = if follow {
+            None
+        } else {
+            let processes = self.inner.broker.list_processes(&row.sandbox_id).await.map_err(not_found)?;
+            let process = processes.iter().find(|p| p.process_id == row.process_id);
+            Some(process.map_or(0, |p| p.last_seq))
+        };
         let request = pb::AttachProcessRequest {
             sandbox_id: row.sandbox_id.clone(),
             process_id: row.process_id.clone(),
             after_seq,
         };
         match self.inner.broker.raw().attach_process(request).await {
-            Ok(stream) => Ok((row, stream.into_inner())),
+            Ok(stream) => Ok((row, stream.into_inner(), stop_after)),
             Err(status) if status.code() == tonic::Code::NotFound => Err(WorkerError::NotFound(format!(
                 "the broker no longer holds the output of worker {worker_id} (its sandbox ended and was forgotten); \
                  its summary is in GetWorker"

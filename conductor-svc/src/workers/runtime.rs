@@ -133,7 +133,9 @@ impl OutputDigest {
             Some(result) if !result.result.is_empty() => result.result.clone(),
             Some(result) if !result.errors.is_empty() => result.errors.join("; "),
             Some(result) => format!("Claude Code ended: {}", result.subtype),
-            None if self.runtime_is_claude => format!("exit code {exit_code}; no result line. Output tail:\n{}", self.tail()),
+            None if self.runtime_is_claude => {
+                format!("exit code {exit_code}; no result line. Output tail:\n{}", self.tail())
+            }
             None => {
                 let tail = self.tail();
                 if tail.is_empty() {

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 pub use self::error::BrokerError;
-pub use self::model::validate_env_key;
 pub use self::model::TemplateView;
+pub use self::model::validate_env_key;
 use self::model::{CreateSandbox, EndReason, Ended, ProcessView, SandboxView, StartProcess};
 use self::process::ProcessEntry;
 use self::sandbox::SandboxEntry;

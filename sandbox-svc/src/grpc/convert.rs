@@ -8,9 +8,9 @@ use tonic::Status;
 
 use crate::broker::BrokerError;
 use crate::broker::model::{self, EndReason, ProcessView, SandboxState, SandboxView, TemplateView};
-use crate::template::Runtime;
 use crate::provider::ProcessSignal as Signal;
 use crate::spool::{EventBody, SpooledEvent};
+use crate::template::Runtime;
 use crate::workspace_path::WorkspacePath;
 
 /// Longest argv accepted, in entries.
