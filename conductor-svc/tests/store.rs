@@ -520,6 +520,9 @@ async fn connection_errors_are_clear_and_hide_the_password(kind: Kind) {
             let error = Store::connect(&url).await.unwrap_err();
             assert!(error.to_string().contains("cannot create directory"), "{error}");
 
+            let error = Store::connect(&format!("sqlite://{}", directory.path().display())).await.unwrap_err();
+            assert!(matches!(error, StoreError::Connect { backend: "sqlite", .. }), "{error}");
+
             let memory = Store::connect("sqlite::memory:").await.unwrap();
             memory.create_conversation(&conversation("c1", "in memory", 1_000)).await.unwrap();
             let clone = memory.clone();
@@ -550,6 +553,10 @@ async fn connection_errors_are_clear_and_hide_the_password(kind: Kind) {
                 // A server configured with `trust` authentication accepts any password.
                 Ok(_store) => eprintln!("the test server ignores passwords: wrong-password check not possible"),
             }
+
+            // Built without TLS: a URL that requires it says so (see the store's module docs).
+            let error = Store::connect(&format!("{url}?sslmode=require")).await.unwrap_err();
+            assert!(matches!(error, StoreError::Connect { .. }) && error.to_string().contains("TLS"), "{error}");
 
             let store = fixture.open().await;
             assert_eq!(store.backend(), "postgres");

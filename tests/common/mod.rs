@@ -18,7 +18,7 @@ use tonic::{Request, Status};
 
 /// Adds the bearer token (if any) to every call. Clone, so clients can be cloned.
 #[derive(Clone)]
-pub struct Interceptor(Option<tonic::metadata::AsciiMetadataValue>);
+pub struct Interceptor(pub Option<tonic::metadata::AsciiMetadataValue>);
 
 impl tonic::service::Interceptor for Interceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {

@@ -232,7 +232,9 @@ struct ReplyState<'a> {
     finished: BTreeMap<u64, Block>,
     reply_bytes: usize,
     stop_reason: String,
-    input_tokens: u64,
+    /// Uncached, cache-write and cache-read input tokens: each reported separately, and a
+    /// `message_delta` may update any of them.
+    input_tokens: [u64; 3],
     output_tokens: u64,
 }
 
@@ -245,7 +247,7 @@ impl<'a> ReplyState<'a> {
             finished: BTreeMap::new(),
             reply_bytes: 0,
             stop_reason: String::new(),
-            input_tokens: 0,
+            input_tokens: [0; 3],
             output_tokens: 0,
         }
     }
@@ -339,10 +341,12 @@ impl<'a> ReplyState<'a> {
     /// `message_delta` usage is cumulative: each report replaces the last.
     fn read_usage(&mut self, usage: &Value) {
         let field = |name: &str| usage.get(name).and_then(Value::as_u64);
-        if let Some(input) = field("input_tokens") {
-            let cached =
-                field("cache_creation_input_tokens").unwrap_or(0) + field("cache_read_input_tokens").unwrap_or(0);
-            self.input_tokens = input + cached;
+        for (slot, name) in
+            ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"].iter().enumerate()
+        {
+            if let Some(count) = field(name) {
+                self.input_tokens[slot] = count;
+            }
         }
         if let Some(output) = field("output_tokens") {
             self.output_tokens = output;
@@ -376,7 +380,7 @@ impl<'a> ReplyState<'a> {
         Ok(BrainReply {
             content: self.finished.into_values().collect(),
             stop_reason: self.stop_reason,
-            usage: Usage { input_tokens: self.input_tokens, output_tokens: self.output_tokens },
+            usage: Usage { input_tokens: self.input_tokens.iter().sum(), output_tokens: self.output_tokens },
         })
     }
 }
@@ -470,6 +474,21 @@ mod tests {
             BrainRequest { system: String::new(), messages: vec![ChatMessage::user_text("hi")], tools: vec![] };
         let body = brain().request_body(&request);
         assert!(body.get("system").is_none() && body.get("tools").is_none());
+    }
+
+    #[tokio::test]
+    async fn usage_adds_cached_input_and_takes_the_last_output_count() {
+        let (sender, _receiver) = tokio::sync::mpsc::channel(8);
+        let mut state = ReplyState::new(&sender);
+        let start = json!({"type": "message_start", "message": {"usage":
+            {"input_tokens": 10, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 85, "output_tokens": 1}}});
+        state.apply(&SseEvent { event: "message_start".into(), data: start.to_string() }).await.unwrap();
+        let delta =
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 31}});
+        state.apply(&SseEvent { event: "message_delta".into(), data: delta.to_string() }).await.unwrap();
+        let reply = state.finish().unwrap();
+        assert_eq!(reply.usage, Usage { input_tokens: 100, output_tokens: 31 });
+        assert_eq!(reply.stop_reason, "end_turn");
     }
 
     #[tokio::test]

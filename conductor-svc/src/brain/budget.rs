@@ -49,8 +49,9 @@ pub fn trim_to_budget(messages: &mut Vec<ChatMessage>, budget_tokens: usize) {
     for index in (0..messages.len()).rev() {
         suffix_tokens[index] = suffix_tokens[index + 1] + estimate_tokens(&messages[index]);
     }
-    let candidates = || (0..=last_user).filter(|&index| starts[index]);
-    let start = candidates().find(|&index| suffix_tokens[index] <= budget_tokens).or_else(|| candidates().last());
+    let mut candidates = (0..=last_user).filter(|&index| starts[index]);
+    let start =
+        candidates.clone().find(|&index| suffix_tokens[index] <= budget_tokens).or_else(|| candidates.next_back());
     if let Some(start) = start {
         messages.drain(..start);
     }

@@ -83,10 +83,11 @@ impl Turn {
         })
         .await;
         let worker_id = row.id.clone();
+        let mut output_open = true;
         let ended = loop {
             tokio::select! {
                 biased;
-                event = spawned.events.recv() => match event {
+                event = spawned.events.recv(), if output_open => match event {
                     Ok(LiveEvent::Output { seq, stderr, data }) => {
                         self.emit(TurnEvent::WorkerOutput { worker_id: worker_id.clone(), seq, stderr, data }).await;
                     }
@@ -98,8 +99,8 @@ impl Turn {
                         )))
                         .await;
                     }
-                    // The follower is gone; its end is in `finished`.
-                    Err(RecvError::Closed) => {}
+                    // The follower is gone (everything it sent was received); its end is in `finished`.
+                    Err(RecvError::Closed) => output_open = false,
                 },
                 // Cloned inside: a `watch::Ref` must not live across the awaits above.
                 changed = async { spawned.finished.wait_for(Option::is_some).await.map(|row| row.clone()) } => match changed {

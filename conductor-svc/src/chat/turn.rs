@@ -72,7 +72,9 @@ impl Turn {
                 },
                 tools: tools::all(),
             };
+            tracing::debug!(conversation = %self.conversation_id, messages = request.messages.len(), "asking the brain");
             let mut reply = self.ask_brain(&request).await?;
+            tracing::debug!(conversation = %self.conversation_id, stop_reason = %reply.stop_reason, "brain replied");
             if inner.brain.uses_text_protocol() && reply.tool_uses().next().is_none() {
                 add_text_protocol_spawns(&mut reply, &history[turn_start..]);
             }
@@ -90,6 +92,7 @@ impl Turn {
                 tool_uses.iter().map(|(id, name, input)| self.call_tool(id, name, input)),
             )
             .await;
+            tracing::debug!(conversation = %self.conversation_id, tools = tool_uses.len(), "tool round done");
             let worker_ids = results.iter().filter_map(|r| r.worker_id.clone()).collect();
             last_message_id = self.store_message(&assistant, inner.brain.name(), worker_ids).await?;
             let tool_results = ChatMessage {

@@ -50,10 +50,6 @@ pub(super) async fn open(url: &str) -> Result<Pool, StoreError> {
             if let Some(parent) = options.get_filename().parent().filter(|parent| !parent.as_os_str().is_empty()) {
                 create_directory(url, parent).await?;
             }
-            // One direct connection first: the pool retries refused connections until its timeout and
-            // then reports only "timed out", while this names the cause (permissions, not a database, …).
-            let probe = options.connect().await.map_err(|error| connect_error(Backend::Sqlite, url, &error))?;
-            let _ = probe.close().await;
             let pool = SqlitePoolOptions::new()
                 .max_connections(SQLITE_MAX_CONNECTIONS)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -65,6 +61,8 @@ pub(super) async fn open(url: &str) -> Result<Pool, StoreError> {
             Ok(pool)
         }
         Target::Postgres(options) => {
+            // One direct connection first: the pool retries refused connections until its timeout and
+            // then reports only "timed out", while this names the cause (refused, bad password, no database).
             let probe = tokio::time::timeout(ACQUIRE_TIMEOUT, options.connect())
                 .await
                 .map_err(|_| StoreError::Connect {
@@ -88,8 +86,7 @@ pub(super) async fn open(url: &str) -> Result<Pool, StoreError> {
 }
 
 fn parse(url: &str) -> Result<Target, StoreError> {
-    let scheme = url.split_once(':').map(|(scheme, _)| scheme.to_ascii_lowercase());
-    match scheme.as_deref() {
+    match url.split_once(':').map(|(scheme, _)| scheme) {
         Some("sqlite") => {
             let invalid = |message: String| StoreError::InvalidUrl {
                 backend: Backend::Sqlite.name(),

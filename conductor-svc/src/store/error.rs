@@ -79,11 +79,29 @@ fn is_busy(error: &sqlx::Error) -> bool {
 
 /// `url` with the password (userinfo or `password=` query parameter) replaced by `***`.
 pub(crate) fn redact_url(url: &str) -> String {
-    let mut redacted = url.to_string();
-    for password in url_passwords(url) {
-        redacted = redacted.replace(&password, "***");
-    }
-    redacted
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return scrub(url, url);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| if pair.starts_with("password=") { "password=***".to_string() } else { pair.to_string() })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// `text` with every password found in `url` replaced by `***` (for driver error messages).
@@ -152,6 +170,8 @@ mod tests {
         assert_eq!(redact_url("postgres://db/stu?user=a&password=s3cret"), "postgres://db/stu?user=a&password=***");
         assert_eq!(redact_url("postgres://studio:p%40ss@db/stu"), "postgres://studio:***@db/stu");
         assert_eq!(redact_url("sqlite://.studio/conductor.db"), "sqlite://.studio/conductor.db");
+        assert_eq!(redact_url("postgres://studio:studio@db/studio"), "postgres://studio:***@db/studio");
+        assert_eq!(redact_url("postgres://studio@db/stu"), "postgres://studio@db/stu");
         assert_eq!(scrub("auth failed for p@ss", "postgres://studio:p%40ss@db/stu"), "auth failed for ***");
     }
 }

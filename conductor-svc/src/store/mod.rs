@@ -11,6 +11,10 @@
 //! millisecond, see [`truncate_to_millis`]), u64 counters as BIGINT, lists and message blocks as JSON
 //! text. The schema lives in `migrations/sqlite` and `migrations/postgres` and is applied by
 //! [`Store::connect`].
+//!
+//! PostgreSQL connections are plain TCP: sqlx is built without a TLS feature, so `sslmode=require`
+//! fails with a clear error. Managed PostgreSQL that insists on TLS needs sqlx's
+//! `tls-rustls-aws-lc-rs` (or `tls-rustls-ring`) feature in the workspace.
 
 mod audit;
 mod codec;
