@@ -286,3 +286,94 @@ fn spans_are_exported_over_otlp_with_the_callers_trace_id() {
     assert!(body.windows(16).any(|w| w == raw_trace_id.as_slice()), "trace id not in the exported spans");
     assert!(body.windows(b"ListSandboxes".len()).any(|w| w == b"ListSandboxes"), "span name exported");
 }
+
+/// The pids of `studio <subcommand>` processes whose parent is `parent`.
+fn children_running(parent: u32, subcommand: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let ppid =
+            stat.rsplit(") ").next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if ppid == Some(parent) && args.get(1) == Some(&subcommand.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn environ(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0).filter(|v| !v.is_empty()).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
+}
+
+#[test]
+fn up_runs_both_services_as_processes_and_the_conductor_never_sees_broker_credentials() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_studio"))
+        .args(["up", "--conductor-listen", "127.0.0.1:0", "--broker-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data.path().join("studio"))
+        .current_dir(data.path())
+        .env_remove("SANDBOX_AUTH_TOKEN")
+        .env_remove("RUST_LOG")
+        .env("E2B_API_KEY", "e2b_canary_0123456789abcdef")
+        .env("GITHUB_TOKEN", "ghp_canary0123456789abcdef0123456789abcd")
+        .env("CONDUCTOR_BRAIN", "rules")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut conductor_url = None;
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        if line.contains("conductor (Stu): grpc://") {
+            conductor_url = line.split("grpc://").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_owned);
+        }
+        if line.starts_with("try:") {
+            break;
+        }
+        line.clear();
+    }
+    let conductor_url = format!("http://{}", conductor_url.expect("conductor address printed"));
+    let conductors = children_running(child.id(), "conductor");
+    let brokers = children_running(child.id(), "broker");
+    assert_eq!((conductors.len(), brokers.len()), (1, 1), "two separate processes");
+    let conductor_env = environ(conductors[0]);
+    for variable in &conductor_env {
+        assert!(
+            !variable.starts_with("E2B_") && !variable.starts_with("GITHUB_") && !variable.starts_with("SANDBOX_"),
+            "the conductor's environment holds {variable}"
+        );
+        assert!(!variable.contains("canary"), "a broker credential reached the conductor: {variable}");
+    }
+    let broker_env = environ(brokers[0]);
+    assert!(broker_env.iter().any(|v| v == "E2B_API_KEY=e2b_canary_0123456789abcdef"));
+    assert!(!broker_env.iter().any(|v| v.starts_with("CONDUCTOR_")));
+
+    // A user talks to Stu through it: the generated conductor token is found in the data dir.
+    let output = Command::new(env!("CARGO_BIN_EXE_studio"))
+        .args(["send", "run `echo hello-from-up`", "--conductor", &conductor_url])
+        .arg("--conductor-data-dir")
+        .arg(data.path().join("studio/conductor"))
+        .env_remove("CONDUCTOR_AUTH_TOKEN")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(printed.contains("│ hello-from-up"), "{printed}");
+    let output = Command::new(env!("CARGO_BIN_EXE_studio"))
+        .args(["send", "run `exit 3`", "--conductor", &conductor_url])
+        .arg("--conductor-data-dir")
+        .arg(data.path().join("studio/conductor"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a failed worker fails `studio send`");
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    assert!(children_running(child.id(), "conductor").is_empty() && children_running(child.id(), "broker").is_empty());
+}
