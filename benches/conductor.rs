@@ -112,8 +112,11 @@ async fn main() {
     let mut turn = conductor.send_message(request).await.unwrap().into_inner();
     let mut worker_id = String::new();
     while let Some(event) = turn.message().await.unwrap() {
-        if let Some(cpb::conductor_event::Event::WorkerSpawned(spawned)) = event.event {
-            worker_id = spawned.worker_id;
+        match event.event {
+            Some(cpb::conductor_event::Event::WorkerSpawned(spawned)) => worker_id = spawned.worker_id,
+            Some(cpb::conductor_event::Event::Notice(notice)) => eprintln!("notice: {}", notice.text),
+            Some(cpb::conductor_event::Event::Error(error)) => eprintln!("error: {}", error.message),
+            _ => {}
         }
     }
     let worker = conductor

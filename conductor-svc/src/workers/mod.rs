@@ -118,6 +118,9 @@ struct Inner {
     broker: BrokerClient,
     budgets: Budgets,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Template versions whose capabilities are already recorded: skips the store writes on
+    /// every later call. Bounded by the number of template versions the broker ever reports.
+    recorded_versions: Mutex<std::collections::HashSet<String>>,
     /// Serialises budget check + insert, so concurrent spawns cannot both take the last slot.
     spawn_gate: tokio::sync::Mutex<()>,
     /// Conductor shutdown: followers stop without ending their workers (a restart re-adopts them).
@@ -132,6 +135,7 @@ impl Workers {
                 broker,
                 budgets,
                 live: Mutex::new(HashMap::new()),
+                recorded_versions: Mutex::new(Default::default()),
                 spawn_gate: tokio::sync::Mutex::new(()),
                 shutdown,
             }),
@@ -146,6 +150,9 @@ impl Workers {
     pub async fn templates(&self) -> Result<Vec<pb::Template>, WorkerError> {
         let templates = self.inner.broker.list_templates().await.map_err(WorkerError::Broker)?;
         for template in &templates {
+            if self.inner.recorded_versions.lock().expect("lock poisoned").contains(&template.version) {
+                continue;
+            }
             for name in &template.capabilities {
                 let capability = CapabilityRow {
                     name: name.clone(),
@@ -158,6 +165,7 @@ impl Workers {
                     tracing::info!(template = %template.name, capability = %name, version = %template.version, "new capability");
                 }
             }
+            self.inner.recorded_versions.lock().expect("lock poisoned").insert(template.version.clone());
         }
         Ok(templates)
     }

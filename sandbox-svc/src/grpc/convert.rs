@@ -180,6 +180,25 @@ pub fn status(error: &BrokerError, message: String) -> Status {
     }
 }
 
+pub fn template(view: TemplateView) -> pb::Template {
+    let runtime = match view.runtime {
+        Runtime::Claude => "claude",
+        Runtime::Shell => "shell",
+    };
+    let template = view.template;
+    pb::Template {
+        name: template.name,
+        description: template.description,
+        runtime: runtime.to_owned(),
+        runtime_note: view.runtime_note,
+        version: template.version,
+        network: template.network,
+        default_timeout: prost_types::Duration::try_from(template.default_timeout).ok(),
+        smoke_test: template.smoke_test,
+        capabilities: template.capabilities,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,24 +218,5 @@ mod tests {
         assert!(signal(99).unwrap_err().to_string().contains("unknown value 99"));
         assert!(signal(0).unwrap_err().to_string().starts_with("signal: must be set"));
         assert_eq!(signal(pb::Signal::Sigkill as i32).unwrap(), Signal::Kill);
-    }
-}
-
-pub fn template(view: TemplateView) -> pb::Template {
-    let runtime = match view.runtime {
-        Runtime::Claude => "claude",
-        Runtime::Shell => "shell",
-    };
-    let template = view.template;
-    pb::Template {
-        name: template.name,
-        description: template.description,
-        runtime: runtime.to_owned(),
-        runtime_note: view.runtime_note,
-        version: template.version,
-        network: template.network,
-        default_timeout: prost_types::Duration::try_from(template.default_timeout).ok(),
-        smoke_test: template.smoke_test,
-        capabilities: template.capabilities,
     }
 }
