@@ -79,7 +79,8 @@ pub async fn serve_with_ready(
     let workers = Workers::new(store.clone(), broker, config.budgets.clone(), shutdown_followers.clone());
     let chat =
         Chat::new(store.clone(), workers.clone(), brain.clone(), config.budgets.clone(), config.history_token_budget);
-    start_background(&workers);
+    let leftovers = workers.leftovers().await.context("cannot list the workers a previous conductor left")?;
+    start_background(&workers, leftovers);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ConductorServiceServer<ConductorGrpc>>().await;
@@ -137,7 +138,7 @@ pub async fn serve_with_ready(
 
 /// Re-adopts running workers and records the broker's capabilities, retrying while the broker
 /// is unreachable (it may start after the conductor).
-fn start_background(workers: &Workers) {
+fn start_background(workers: &Workers, leftovers: Vec<crate::store::WorkerRow>) {
     let workers = workers.clone();
     tokio::spawn(async move {
         let mut delay = std::time::Duration::from_millis(500);
@@ -154,7 +155,7 @@ fn start_background(workers: &Workers) {
                 }
             }
         }
-        match workers.adopt_running().await {
+        match workers.adopt(leftovers).await {
             Ok(0) => {}
             Ok(adopted) => tracing::info!(adopted, "re-adopted running workers"),
             Err(error) => tracing::error!(%error, "could not re-adopt running workers"),

@@ -132,6 +132,12 @@ pub async fn send(client: &mut Client, conversation_id: &str, text: &str) -> Vec
     {
         events.push(event.event.expect("event set"));
     }
+    // Shown when a test fails: what Stu said besides its reply.
+    for event in &events {
+        if matches!(event, Event::Notice(_) | Event::Error(_)) {
+            eprintln!("turn {text:?}: {event:?}");
+        }
+    }
     events
 }
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use agentstudio_proto::conductor::v1 as pb;
+use agentstudio_proto::conductor::v1::conductor_event::Event;
 
 use super::*;
 
@@ -66,13 +67,20 @@ async fn a_worker_running_across_a_conductor_restart_is_readopted_with_no_output
     let mut client = conductor.client().await;
     let mut turn = client.clone();
     let script = "for i in $(seq 1 60); do echo line-$i; sleep 0.05; done";
-    let _watcher = tokio::spawn(async move {
-        let request = pb::SendMessageRequest { text: format!("run `{script}`"), ..Default::default() };
-        let mut stream = turn.send_message(request).await.unwrap().into_inner();
-        // Watch until the conductor goes away mid-turn.
-        while let Ok(Some(_)) = stream.message().await {}
-    });
-    let worker = super::orchestration::wait_for_running_worker(&mut client).await;
+    let request = pb::SendMessageRequest { text: format!("run `{script}`"), ..Default::default() };
+    let mut stream = turn.send_message(request).await.unwrap().into_inner();
+    let mut seen = Vec::new();
+    let worker_id = loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.expect("turn events");
+        match event.unwrap().and_then(|e| e.event) {
+            Some(Event::WorkerSpawned(spawned)) => break spawned.worker_id,
+            Some(other) => seen.push(other),
+            None => panic!("the turn ended without spawning: {seen:?}"),
+        }
+    };
+    // Keep watching until the conductor goes away mid-turn.
+    let _watcher = tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+    let worker = get_worker(&mut client, &worker_id).await;
     // Let it produce some output, then restart the conductor while it runs.
     tokio::time::sleep(Duration::from_millis(700)).await;
     conductor.stop().await;

@@ -376,11 +376,17 @@ impl Workers {
         Ok(row)
     }
 
-    /// Resumes following every worker the store says is running (after a conductor restart).
-    pub async fn adopt_running(&self) -> Result<usize, WorkerError> {
+    /// The workers a previous conductor left running. Listed before this one serves, so a worker
+    /// this conductor is starting is never mistaken for a leftover.
+    pub async fn leftovers(&self) -> Result<Vec<WorkerRow>, WorkerError> {
         let filter = WorkerFilter { states: WorkerState::ACTIVE.to_vec(), limit: 1000, ..WorkerFilter::default() };
+        Ok(self.inner.store.list_workers(&filter).await?)
+    }
+
+    /// Resumes following `leftovers` (after a conductor restart).
+    pub async fn adopt(&self, leftovers: Vec<WorkerRow>) -> Result<usize, WorkerError> {
         let mut adopted = 0;
-        for mut row in self.inner.store.list_workers(&filter).await? {
+        for mut row in leftovers {
             if self.inner.live.lock().expect("lock poisoned").contains_key(&row.id) {
                 continue;
             }
