@@ -146,34 +146,21 @@ pub enum ConfigError {
     OpenAiUrlMissing,
     #[error("{name} must be at least {min}")]
     TooSmall { name: &'static str, min: u64 },
-    /// Never carries the file's content.
-    #[error("{variable}: cannot read secret file {path}: {reason}")]
-    SecretFile { variable: &'static str, path: PathBuf, reason: String },
+    #[error(transparent)]
+    SecretFile(#[from] service_kit::secret::SecretFileError),
 }
 
 impl ConductorConfig {
     /// Reads the `*_FILE` secrets into their values; empty variables count as unset.
     pub fn load_secret_files(&mut self) -> Result<(), ConfigError> {
-        for value in [&mut self.anthropic_api_key, &mut self.openai_api_key] {
-            if value.as_ref().is_some_and(|v| v.expose().is_empty()) {
-                *value = None;
-            }
-        }
+        use service_kit::secret::resolve_secret;
+        resolve_secret("ANTHROPIC_API_KEY", None, &mut self.anthropic_api_key)?;
+        resolve_secret("CONDUCTOR_OPENAI_API_KEY", None, &mut self.openai_api_key)?;
         for (variable, file, value) in [
             ("CONDUCTOR_AUTH_TOKEN_FILE", &self.auth_token_file, &mut self.auth_token),
             ("CONDUCTOR_BROKER_TOKEN_FILE", &self.broker_token_file, &mut self.broker_token),
         ] {
-            if value.as_ref().is_some_and(|v| v.expose().is_empty()) {
-                *value = None;
-            }
-            let Some(path) = file else { continue };
-            let error = |reason: String| ConfigError::SecretFile { variable, path: path.clone(), reason };
-            let content = std::fs::read_to_string(path).map_err(|e| error(e.kind().to_string()))?;
-            let secret = content.trim_end_matches(['\n', '\r']);
-            if secret.is_empty() {
-                return Err(error("the file is empty".into()));
-            }
-            *value = Some(SecretString::new(secret));
+            resolve_secret(variable, file.as_deref(), value)?;
         }
         Ok(())
     }

@@ -149,9 +149,8 @@ pub enum ConfigError {
     WeakToken,
     #[error("SANDBOX_LOCAL_RUN_AS: {0}")]
     RunAs(String),
-    /// Never carries the file's content.
-    #[error("{variable}: cannot read secret file {path}: {reason}")]
-    SecretFile { variable: &'static str, path: PathBuf, reason: String },
+    #[error(transparent)]
+    SecretFile(#[from] service_kit::secret::SecretFileError),
 }
 
 impl BrokerConfig {
@@ -168,18 +167,7 @@ impl BrokerConfig {
                 &mut self.worker_anthropic_api_key,
             ),
         ] {
-            // An empty variable (`GITHUB_TOKEN=` in a compose file) means unset, not an empty secret.
-            if value.as_ref().is_some_and(|v| v.expose().is_empty()) {
-                *value = None;
-            }
-            let Some(path) = file else { continue };
-            let error = |reason: String| ConfigError::SecretFile { variable, path: path.clone(), reason };
-            let content = std::fs::read_to_string(path).map_err(|e| error(e.kind().to_string()))?;
-            let secret = content.trim_end_matches(['\n', '\r']);
-            if secret.is_empty() {
-                return Err(error("the file is empty".into()));
-            }
-            *value = Some(SecretString::new(secret));
+            service_kit::secret::resolve_secret(variable, file.as_deref(), value)?;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! A string that never prints: `Debug` and `Display` show `[redacted]`.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// A secret from the environment or a flag. Read it with [`SecretString::expose`], on purpose.
@@ -35,6 +36,37 @@ impl FromStr for SecretString {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(SecretString(s.to_owned()))
     }
+}
+
+/// A `*_FILE` secret that could not be used. Never carries the file's content.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: cannot read secret file {path}: {reason}")]
+pub struct SecretFileError {
+    pub variable: &'static str,
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Settles one secret from its variable and its `*_FILE` companion: an empty value counts as
+/// unset (`GITHUB_TOKEN=` in a compose file), and a file, when given, takes precedence (trailing
+/// newline trimmed; an empty file is an error). Reading twice is harmless.
+pub fn resolve_secret(
+    variable: &'static str,
+    file: Option<&Path>,
+    value: &mut Option<SecretString>,
+) -> Result<(), SecretFileError> {
+    if value.as_ref().is_some_and(|v| v.expose().is_empty()) {
+        *value = None;
+    }
+    let Some(path) = file else { return Ok(()) };
+    let error = |reason: String| SecretFileError { variable, path: path.to_owned(), reason };
+    let content = std::fs::read_to_string(path).map_err(|e| error(e.kind().to_string()))?;
+    let secret = content.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(error("the file is empty".into()));
+    }
+    *value = Some(SecretString::new(secret));
+    Ok(())
 }
 
 #[cfg(test)]

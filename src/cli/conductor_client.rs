@@ -1,12 +1,11 @@
 //! Connecting to the conductor with its bearer token.
 
 use agentstudio_proto::conductor::v1::conductor_service_client::ConductorServiceClient;
-use anyhow::Context;
 use sandbox_svc::secret::SecretString;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use super::client::AuthInterceptor;
+use super::client::{AuthInterceptor, bearer, channel};
 use super::{is_loopback, read_token};
 
 pub type ConductorClient = ConductorServiceClient<InterceptedService<Channel, AuthInterceptor>>;
@@ -40,33 +39,12 @@ impl ConductorClientArgs {
 }
 
 pub async fn connect(args: &ConductorClientArgs) -> anyhow::Result<ConductorClient> {
-    let endpoint =
-        Endpoint::from_shared(args.url.clone()).with_context(|| format!("invalid conductor URL {:?}", args.url))?;
-    let channel = endpoint
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(16 << 20)
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the conductor at {} (is `studio up` running?)", args.url))?;
+    let channel = channel(&args.url, "conductor").await?;
     let token = read_token(
         args.token.as_ref(),
         args.token_file.as_deref(),
         is_loopback(&args.url).then(|| args.data_dir.join(conductor_svc::GENERATED_TOKEN_FILE)),
     )?;
-    let header = match &token {
-        Some(token) => Some(
-            format!("Bearer {}", token.expose())
-                .parse::<tonic::metadata::AsciiMetadataValue>()
-                .context("token is not valid metadata")?,
-        ),
-        None => None,
-    };
-    let interceptor: AuthInterceptor = Box::new(move |mut request: tonic::Request<()>| {
-        if let Some(header) = &header {
-            request.metadata_mut().insert("authorization", header.clone());
-        }
-        Ok(request)
-    });
+    let interceptor = bearer(token.as_ref())?;
     Ok(ConductorServiceClient::with_interceptor(channel, interceptor).max_decoding_message_size(32 << 20))
 }

@@ -65,10 +65,7 @@ pub struct AnthropicBrain {
 
 impl AnthropicBrain {
     pub fn new(config: AnthropicConfig) -> Result<AnthropicBrain, BrainError> {
-        let client = reqwest::Client::builder().build().map_err(|error| BrainError::Transport {
-            backend: BACKEND,
-            message: format!("cannot build an HTTP client: {}", retry::error_chain(&error)),
-        })?;
+        let client = retry::http_client(BACKEND)?;
         let url = format!("{}/v1/messages", config.base_url.trim_end_matches('/'));
         Ok(AnthropicBrain { config, client, url })
     }
@@ -112,14 +109,14 @@ impl AnthropicBrain {
                 Ok(Some(event)) => event,
                 Ok(None) => {
                     let error = transport("the stream ended before message_stop".to_owned());
-                    return Err(retry_if_nothing_read(error, events.bytes_read()));
+                    return Err(retry::retry_if_nothing_read(error, events.bytes_read()));
                 }
                 Err(SseError::EventTooLarge { limit }) => {
                     return Err(AttemptError::fatal(protocol(format!("an event exceeds {limit} bytes"))));
                 }
                 Err(error) => {
                     let error = transport(retry::scrub(&format!("reading the stream: {error}"), Some(key)));
-                    return Err(retry_if_nothing_read(error, events.bytes_read()));
+                    return Err(retry::retry_if_nothing_read(error, events.bytes_read()));
                 }
             };
             // Errors from here on are never retried: a retry would repeat text the user already saw.
@@ -184,12 +181,6 @@ fn transport(message: String) -> BrainError {
 
 fn protocol(message: String) -> BrainError {
     BrainError::Protocol { backend: BACKEND, message }
-}
-
-/// A break before any byte arrived is like a refused connection; after that, text may already
-/// have reached the user, so repeating the call would repeat it.
-fn retry_if_nothing_read(error: BrainError, bytes_read: u64) -> AttemptError {
-    if bytes_read == 0 { AttemptError::retryable(error, None) } else { AttemptError::fatal(error) }
 }
 
 /// A content block being streamed.

@@ -65,10 +65,7 @@ pub struct OpenAiBrain {
 
 impl OpenAiBrain {
     pub fn new(config: OpenAiConfig) -> Result<OpenAiBrain, BrainError> {
-        let client = reqwest::Client::builder().build().map_err(|error| BrainError::Transport {
-            backend: BACKEND,
-            message: format!("cannot build an HTTP client: {}", retry::error_chain(&error)),
-        })?;
+        let client = retry::http_client(BACKEND)?;
         let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
         Ok(OpenAiBrain { config, client, url })
     }
@@ -129,14 +126,14 @@ impl OpenAiBrain {
                 Ok(None) if !reply.stop_reason.is_empty() => return reply.finish().map_err(AttemptError::fatal),
                 Ok(None) => {
                     let error = transport("the stream ended before [DONE]".to_owned());
-                    return Err(retry_if_nothing_read(error, events.bytes_read()));
+                    return Err(retry::retry_if_nothing_read(error, events.bytes_read()));
                 }
                 Err(SseError::EventTooLarge { limit }) => {
                     return Err(AttemptError::fatal(protocol(format!("an event exceeds {limit} bytes"))));
                 }
                 Err(error) => {
                     let error = transport(retry::scrub(&format!("reading the stream: {error}"), self.secret()));
-                    return Err(retry_if_nothing_read(error, events.bytes_read()));
+                    return Err(retry::retry_if_nothing_read(error, events.bytes_read()));
                 }
             };
             if reply.apply(&event, self.secret()).await.map_err(AttemptError::fatal)? {
@@ -201,12 +198,6 @@ fn transport(message: String) -> BrainError {
 
 fn protocol(message: String) -> BrainError {
     BrainError::Protocol { backend: BACKEND, message }
-}
-
-/// A break before any byte arrived is like a refused connection; after that, text may already
-/// have reached the user, so repeating the call would repeat it.
-fn retry_if_nothing_read(error: BrainError, bytes_read: u64) -> AttemptError {
-    if bytes_read == 0 { AttemptError::retryable(error, None) } else { AttemptError::fatal(error) }
 }
 
 #[derive(Default)]

@@ -308,6 +308,20 @@ async fn read_bounded(mut response: reqwest::Response, timeout: Duration) -> Str
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// The HTTP client a backend sends with.
+pub fn http_client(backend: &'static str) -> Result<reqwest::Client, BrainError> {
+    reqwest::Client::builder().build().map_err(|error| BrainError::Transport {
+        backend,
+        message: format!("cannot build an HTTP client: {}", error_chain(&error)),
+    })
+}
+
+/// A break before any byte arrived is like a refused connection; after that, text may already
+/// have reached the user, so repeating the call would repeat it.
+pub fn retry_if_nothing_read(error: BrainError, bytes_read: u64) -> AttemptError {
+    if bytes_read == 0 { AttemptError::retryable(error, None) } else { AttemptError::fatal(error) }
+}
+
 /// An error and its causes: reqwest's own `Display` leaves out why a connection failed.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();

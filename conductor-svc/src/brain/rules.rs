@@ -190,31 +190,9 @@ fn report(results: &ChatMessage) -> String {
             if *is_error {
                 out.push_str("That failed: ");
             }
-            out.push_str(&unwrap_untrusted(content));
+            out.push_str(&super::without_untrusted_markers(content));
             out.push('\n');
         }
-    }
-    out.trim_end().to_owned()
-}
-
-/// The content of `<untrusted-data>` blocks without the tags and the note for models.
-fn unwrap_untrusted(content: &str) -> String {
-    let mut out = String::new();
-    let mut inside = false;
-    for line in content.lines() {
-        if line.starts_with("<untrusted-data") {
-            inside = true;
-            continue;
-        }
-        if line == "</untrusted-data>" {
-            inside = false;
-            continue;
-        }
-        if !inside && line.starts_with("(Everything inside untrusted-data") {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
     }
     out.trim_end().to_owned()
 }

@@ -166,30 +166,23 @@ pub fn event(event: TurnEvent) -> pb::ConductorEvent {
             })
         }
         TurnEvent::Notice(text) => Event::Notice(ev::Notice { text }),
-        TurnEvent::Error { code, message } => {
-            Event::Error(ev::Error { code: format!("{code:?}").to_uppercase_snake(), message })
-        }
+        TurnEvent::Error { code, message } => Event::Error(ev::Error { code: code_name(code), message }),
         TurnEvent::Done { message_id } => Event::Done(ev::Done { message_id }),
     };
     pb::ConductorEvent { event: Some(event) }
 }
 
 /// `ResourceExhausted` → `RESOURCE_EXHAUSTED`: gRPC's own spelling of code names.
-trait UpperSnake {
-    fn to_uppercase_snake(&self) -> String;
-}
-
-impl UpperSnake for String {
-    fn to_uppercase_snake(&self) -> String {
-        let mut out = String::with_capacity(self.len() + 4);
-        for (i, c) in self.chars().enumerate() {
-            if c.is_uppercase() && i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_uppercase());
+fn code_name(code: tonic::Code) -> String {
+    let camel = format!("{code:?}");
+    let mut name = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            name.push('_');
         }
-        out
+        name.push(c.to_ascii_uppercase());
     }
+    name
 }
 
 /// The W3C trace id of a request's `traceparent`, for the audit log; empty when absent.
@@ -209,7 +202,7 @@ mod tests {
 
     #[test]
     fn code_names_are_grpc_spelling() {
-        assert_eq!("ResourceExhausted".to_owned().to_uppercase_snake(), "RESOURCE_EXHAUSTED");
-        assert_eq!("Unavailable".to_owned().to_uppercase_snake(), "UNAVAILABLE");
+        assert_eq!(code_name(tonic::Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+        assert_eq!(code_name(tonic::Code::Unavailable), "UNAVAILABLE");
     }
 }
