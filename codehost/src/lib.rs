@@ -4,10 +4,13 @@
 //! Only the broker links this crate: it is the single holder of code-host credentials. A host
 //! never sees a sandbox; the broker hands it plain file changes it has already validated.
 
+pub mod github;
 pub mod local_git;
 mod model;
 
 pub use model::{ChangedFile, CommitIdentity, FileChange, NewPullRequest, PrState, PullRequest, TreeFile, TreeLimits};
+
+pub use github::{GitHub, GitHubAuth, GitHubOptions};
 
 use async_trait::async_trait;
 

@@ -129,6 +129,72 @@ impl BrokerClient {
         .map(|r| r.processes)
     }
 
+    /// Not retried: a repeat would push a second commit.
+    pub async fn propose_change(&self, request: pb::ProposeChangeRequest) -> Result<pb::PullRequest, Status> {
+        let response = self.client.clone().propose_change(unary(request)).await?.into_inner();
+        response.pull_request.ok_or_else(|| Status::internal("broker returned no pull request"))
+    }
+
+    pub async fn get_pull_request(&self, number: u64) -> Result<pb::PullRequest, Status> {
+        let response = self
+            .idempotent(|mut c| async move { c.get_pull_request(unary(pb::GetPullRequestRequest { number })).await })
+            .await?;
+        response.pull_request.ok_or_else(|| Status::internal("broker returned no pull request"))
+    }
+
+    /// Not retried: the approval it carries is single use.
+    pub async fn merge_pull_request(
+        &self,
+        request: pb::MergePullRequestRequest,
+    ) -> Result<pb::MergePullRequestResponse, Status> {
+        Ok(self.client.clone().merge_pull_request(unary(request)).await?.into_inner())
+    }
+
+    pub async fn close_pull_request(&self, number: u64, comment: &str) -> Result<pb::PullRequest, Status> {
+        let request = pb::ClosePullRequestRequest { number, comment: comment.to_owned() };
+        let response = self.client.clone().close_pull_request(unary(request)).await?.into_inner();
+        response.pull_request.ok_or_else(|| Status::internal("broker returned no pull request"))
+    }
+
+    /// The build's log stream; no deadline (builds take minutes on real builders).
+    pub async fn build_template(
+        &self,
+        request: pb::BuildTemplateRequest,
+    ) -> Result<tonic::Streaming<pb::BuildTemplateEvent>, Status> {
+        Ok(self.client.clone().build_template(request).await?.into_inner())
+    }
+
+    pub async fn list_template_versions(&self, template: &str) -> Result<Vec<pb::TemplateVersion>, Status> {
+        let request = pb::ListTemplateVersionsRequest { template: template.to_owned() };
+        self.idempotent(|mut c| {
+            let request = request.clone();
+            async move { c.list_template_versions(unary(request)).await }
+        })
+        .await
+        .map(|r| r.versions)
+    }
+
+    pub async fn promote_template(&self, template: &str, version_id: &str) -> Result<pb::TemplateVersion, Status> {
+        let request = pb::PromoteTemplateRequest { template: template.to_owned(), version_id: version_id.to_owned() };
+        let response = self
+            .idempotent(|mut c| {
+                let request = request.clone();
+                async move { c.promote_template(unary(request)).await }
+            })
+            .await?;
+        response.version.ok_or_else(|| Status::internal("broker returned no version"))
+    }
+
+    pub async fn rollback_template(&self, template: &str, version_id: &str) -> Result<pb::TemplateVersion, Status> {
+        let request = pb::RollbackTemplateRequest { template: template.to_owned(), version_id: version_id.to_owned() };
+        let response = self.client.clone().rollback_template(unary(request)).await?.into_inner();
+        response.version.ok_or_else(|| Status::internal("broker returned no version"))
+    }
+
+    pub async fn list_templates_with_host(&self) -> Result<pb::ListTemplatesResponse, Status> {
+        self.idempotent(|mut c| async move { c.list_templates(unary(pb::ListTemplatesRequest {})).await }).await
+    }
+
     async fn idempotent<T, F, Fut>(&self, call: F) -> Result<T, Status>
     where
         F: Fn(Client) -> Fut,

@@ -4,6 +4,7 @@
 
 pub mod brain;
 pub mod broker_client;
+pub mod changes;
 pub mod chat;
 pub mod config;
 pub mod grpc;

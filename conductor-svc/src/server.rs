@@ -13,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::broker_client::BrokerClient;
+use crate::changes::Changes;
 use crate::chat::Chat;
 use crate::config::ConductorConfig;
 use crate::grpc::ConductorGrpc;
@@ -76,16 +77,23 @@ pub async fn serve_with_ready(
     let broker = BrokerClient::connect_lazy(&config.broker_url, config.broker_token.as_ref())?;
     let brain = crate::brain::build(&config)?;
     let shutdown_followers = CancellationToken::new();
-    let workers = Workers::new(store.clone(), broker, config.budgets.clone(), shutdown_followers.clone());
-    let chat =
-        Chat::new(store.clone(), workers.clone(), brain.clone(), config.budgets.clone(), config.history_token_budget);
+    let workers = Workers::new(store.clone(), broker.clone(), config.budgets.clone(), shutdown_followers.clone());
+    let changes = Changes::new(store.clone(), broker, brain.clone());
+    let chat = Chat::new(
+        store.clone(),
+        workers.clone(),
+        changes.clone(),
+        brain.clone(),
+        config.budgets.clone(),
+        config.history_token_budget,
+    );
     let leftovers = workers.leftovers().await.context("cannot list the workers a previous conductor left")?;
     start_background(&workers, leftovers);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ConductorServiceServer<ConductorGrpc>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
-    let service = ConductorServiceServer::new(ConductorGrpc::new(chat, workers, store.clone()))
+    let service = ConductorServiceServer::new(ConductorGrpc::new(chat, workers, changes, store.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let reflection = || {
         tonic_reflection::server::Builder::configure()

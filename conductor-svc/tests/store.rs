@@ -150,6 +150,8 @@ fn capability(template: &str, name: &str, version: &str, millis: u64) -> Capabil
         template: template.into(),
         since_version: version.into(),
         since: at(millis),
+        pr_number: 0,
+        evidence: String::new(),
     }
 }
 

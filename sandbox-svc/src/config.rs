@@ -30,6 +30,11 @@ pub struct BrokerConfig {
     #[arg(long, env = "SANDBOX_TEMPLATES_DIR", default_value = "templates")]
     pub templates_dir: PathBuf,
 
+    /// Where the template repository lives: `local-git` (a bare repository in the data dir, seeded
+    /// from the templates directory) or `github` (GITHUB_REPOSITORY, with GITHUB_TOKEN or a GitHub App).
+    #[arg(long, env = "SANDBOX_CODE_HOST", default_value = "local-git")]
+    pub code_host: String,
+
     /// Sandbox provider: `local` (bubblewrap).
     #[arg(long, env = "SANDBOX_PROVIDER", default_value = "local")]
     pub provider: String,
@@ -73,6 +78,34 @@ pub struct BrokerConfig {
     /// File holding the GitHub token; takes precedence over GITHUB_TOKEN.
     #[arg(long, env = "GITHUB_TOKEN_FILE")]
     pub github_token_file: Option<PathBuf>,
+
+    /// The template repository on GitHub, `owner/name` (SANDBOX_CODE_HOST=github).
+    #[arg(long, env = "GITHUB_REPOSITORY")]
+    pub github_repository: Option<String>,
+
+    /// GitHub REST API root (GitHub Enterprise Server, tests).
+    #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
+    pub github_api_url: String,
+
+    /// Branch of the template repository that pull requests target and templates build from.
+    #[arg(long, env = "SANDBOX_GITHUB_BRANCH", default_value = "main")]
+    pub github_branch: String,
+
+    /// GitHub App id: with GITHUB_APP_INSTALLATION_ID and GITHUB_APP_PRIVATE_KEY, used instead of GITHUB_TOKEN.
+    #[arg(long, env = "GITHUB_APP_ID")]
+    pub github_app_id: Option<u64>,
+
+    /// The App's installation on the template repository's owner.
+    #[arg(long, env = "GITHUB_APP_INSTALLATION_ID")]
+    pub github_app_installation_id: Option<u64>,
+
+    /// The App's private key (PEM; masked everywhere).
+    #[arg(long, env = "GITHUB_APP_PRIVATE_KEY", hide_env_values = true)]
+    pub github_app_private_key: Option<SecretString>,
+
+    /// File holding the App's private key; takes precedence over GITHUB_APP_PRIVATE_KEY.
+    #[arg(long, env = "GITHUB_APP_PRIVATE_KEY_FILE")]
+    pub github_app_private_key_file: Option<PathBuf>,
 
     /// Anthropic API key the broker injects (as ANTHROPIC_API_KEY) into sandboxes whose template
     /// runtime is `claude`; masked everywhere. Without it those templates run tasks as shell scripts.
@@ -161,6 +194,7 @@ impl BrokerConfig {
             ("SANDBOX_AUTH_TOKEN_FILE", &self.auth_token_file, &mut self.auth_token),
             ("E2B_API_KEY_FILE", &self.e2b_api_key_file, &mut self.e2b_api_key),
             ("GITHUB_TOKEN_FILE", &self.github_token_file, &mut self.github_token),
+            ("GITHUB_APP_PRIVATE_KEY_FILE", &self.github_app_private_key_file, &mut self.github_app_private_key),
             (
                 "SANDBOX_WORKER_ANTHROPIC_API_KEY_FILE",
                 &self.worker_anthropic_api_key_file,
@@ -232,6 +266,7 @@ impl BrokerConfig {
         let mut secrets: Vec<SecretString> = self.redact_secrets.clone();
         secrets.extend(self.e2b_api_key.clone());
         secrets.extend(self.github_token.clone());
+        secrets.extend(self.github_app_private_key.clone());
         secrets.extend(self.worker_anthropic_api_key.clone());
         if let Some(token) = &self.auth_token {
             secrets.push(token.clone());

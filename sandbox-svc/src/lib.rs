@@ -13,6 +13,7 @@ pub mod redact;
 mod server;
 pub mod spool;
 pub mod template;
+pub mod template_repo;
 pub mod workspace_path;
 
 pub use config::BrokerConfig;

@@ -19,7 +19,9 @@ use crate::grpc::SandboxGrpc;
 use crate::provider::SandboxProvider;
 use crate::provider::local::{LocalOptions, LocalProvider};
 use crate::redact::Redactor;
-use crate::template::TemplateCatalog;
+use crate::template::builder::{LocalBuilder, TemplateBuilder};
+use crate::template::registry::TemplateRegistry;
+use crate::template_repo::TemplateRepo;
 use service_kit::auth::BearerAuth;
 
 /// Binds `config.listen_addr` and serves until `shutdown` resolves.
@@ -82,7 +84,6 @@ pub async fn serve_with_ready(
     }
     let secrets = config.secrets();
     let redactor = Redactor::new(secrets.iter().map(|s| s.expose())).context("invalid secret to redact")?;
-    let templates = TemplateCatalog::load(&config.templates_dir)?;
     let spool_dir = data_dir.join("spool");
     let workspaces_dir = data_dir.join("workspaces");
     // A previous broker's sandboxes died with it (local processes die with their parent):
@@ -100,10 +101,10 @@ pub async fn serve_with_ready(
         other => anyhow::bail!("unknown SANDBOX_PROVIDER {other:?}; available providers: local"),
     };
     raise_open_file_limit();
+    let repo = Arc::new(template_repository(&config, &data_dir).await?);
 
     let limits = config.limits.clone();
-    let broker =
-        Broker::new(limits.clone(), templates, config.claude_runtime_env(), provider.clone(), redactor, spool_dir);
+    let broker = Broker::new(limits.clone(), repo, config.claude_runtime_env(), provider.clone(), redactor, spool_dir);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SandboxServiceServer<SandboxGrpc>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
@@ -172,6 +173,66 @@ pub async fn serve_with_ready(
     Ok(())
 }
 
+/// The code host, the template versions and the builder, with a first version of every
+/// template active (seeding the local repository from `templates/` on first start).
+async fn template_repository(config: &BrokerConfig, data_dir: &Path) -> anyhow::Result<TemplateRepo> {
+    let code_host: Arc<dyn codehost::CodeHost> = match config.code_host.as_str() {
+        "local-git" => {
+            let seed: Vec<codehost::TreeFile> = crate::template::seed_files(&config.templates_dir)?
+                .into_iter()
+                .map(|(path, content)| codehost::TreeFile { path, content, executable: false })
+                .collect();
+            let root = data_dir.join("forge");
+            let identity = codehost::CommitIdentity::default();
+            Arc::new(
+                codehost::local_git::LocalGit::open_or_seed(&root, "worker-template", &seed, &identity)
+                    .await
+                    .context("cannot open the local-git template repository")?,
+            )
+        }
+        "github" => Arc::new(github_host(config)?),
+        other => anyhow::bail!("unknown SANDBOX_CODE_HOST {other:?}; available: local-git, github"),
+    };
+    let builder: Arc<dyn TemplateBuilder> = Arc::new(LocalBuilder);
+    let registry = Arc::new(TemplateRegistry::open(&data_dir.join("templates"))?);
+    let repo = TemplateRepo::new(code_host, registry, builder, data_dir.join("templates").join("used-approvals"))?;
+    repo.bootstrap().await.map_err(|e| anyhow::anyhow!("template repository: {e}"))?;
+    Ok(repo)
+}
+
+/// The `github` code host from GITHUB_REPOSITORY and a GitHub App (preferred: short-lived
+/// installation tokens) or a fine-grained token.
+fn github_host(config: &BrokerConfig) -> anyhow::Result<codehost::GitHub> {
+    use codehost::{GitHubAuth, GitHubOptions};
+    let repository = config
+        .github_repository
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("SANDBOX_CODE_HOST=github needs GITHUB_REPOSITORY (owner/name)"))?;
+    let (owner, repo) = repository
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("GITHUB_REPOSITORY {repository:?} must be owner/name"))?;
+    let auth = match (&config.github_app_id, &config.github_app_installation_id, &config.github_app_private_key) {
+        (Some(app_id), Some(installation_id), Some(key)) => {
+            GitHubAuth::App { app_id: *app_id, private_key_pem: key.clone(), installation_id: *installation_id }
+        }
+        (None, None, None) => GitHubAuth::Token(config.github_token.clone().ok_or_else(|| {
+            anyhow::anyhow!("SANDBOX_CODE_HOST=github needs GITHUB_TOKEN (or GITHUB_APP_ID, GITHUB_APP_INSTALLATION_ID and GITHUB_APP_PRIVATE_KEY)")
+        })?),
+        _ => anyhow::bail!(
+            "a GitHub App needs all of GITHUB_APP_ID, GITHUB_APP_INSTALLATION_ID and GITHUB_APP_PRIVATE_KEY(_FILE)"
+        ),
+    };
+    let options = GitHubOptions {
+        api_url: config.github_api_url.trim_end_matches('/').to_owned(),
+        owner: owner.to_owned(),
+        repo: repo.to_owned(),
+        auth,
+        identity: codehost::CommitIdentity::default(),
+    };
+    let host = codehost::GitHub::new(options).map_err(|e| anyhow::anyhow!("github code host: {e}"))?;
+    host.with_default_branch(&config.github_branch).map_err(|e| anyhow::anyhow!("SANDBOX_GITHUB_BRANCH: {e}"))
+}
+
 /// Concurrent HTTP/2 streams (calls) one client connection may hold open.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
@@ -187,7 +248,12 @@ fn hidden_paths(config: &BrokerConfig, data_dir: &Path) -> anyhow::Result<Vec<st
     let too_wide = |path: &Path| config.root_paths.iter().any(|root| root.starts_with(path));
     let mut hidden = vec![data_dir.to_owned()];
     hidden.extend(std::env::current_dir().ok().and_then(|cwd| cwd.canonicalize().ok()).filter(|cwd| !too_wide(cwd)));
-    let secret_files = [&config.auth_token_file, &config.e2b_api_key_file, &config.github_token_file];
+    let secret_files = [
+        &config.auth_token_file,
+        &config.e2b_api_key_file,
+        &config.github_token_file,
+        &config.github_app_private_key_file,
+    ];
     for file in secret_files.into_iter().flatten() {
         let absolute = std::path::absolute(file)?;
         match absolute.parent().filter(|dir| !too_wide(dir)) {

@@ -1,5 +1,6 @@
 //! The `studio` commands.
 
+mod changes;
 mod client;
 mod conductor_client;
 mod output;
@@ -97,6 +98,14 @@ enum Command {
     Cancel(stu::CancelArgs),
     /// Show, add or forget what Stu remembers.
     Memory(stu::MemoryArgs),
+    /// List template changes (pull requests), or show one with its diff and vetting report.
+    Changes(changes::ChangesArgs),
+    /// Approve a template change after seeing its diff and report: merge, build, smoke test, promote.
+    Approve(changes::ApproveArgs),
+    /// Reject a template change: its pull request is closed with the reason.
+    Reject(changes::RejectArgs),
+    /// Template versions and rollback.
+    Templates(changes::TemplatesArgs),
     /// Create, list, inspect and kill sandboxes.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
@@ -119,6 +128,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(args) => stu::logs(args).await,
         Command::Cancel(args) => stu::cancel(args).await.map(|()| ExitCode::SUCCESS),
         Command::Memory(args) => stu::memory(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Changes(args) => changes::changes(args).await,
+        Command::Approve(args) => changes::approve(args).await,
+        Command::Reject(args) => changes::reject(args).await,
+        Command::Templates(args) => changes::templates(args).await,
         Command::Sandbox(command) => sandbox::run(command).await.map(|()| ExitCode::SUCCESS),
         Command::Exec(args) => sandbox::exec(args).await,
         Command::Attach(args) => sandbox::attach(args).await,

@@ -117,6 +117,7 @@ pub async fn run(command: SandboxCommand) -> anyhow::Result<()> {
                 timeout: args.timeout.map(prost_duration).transpose()?,
                 metadata: args.metadata.into_iter().collect(),
                 idempotency_key: args.idempotency_key.unwrap_or_default(),
+                template_version: String::new(),
             };
             let sandbox = client.create_sandbox(request).await.map_err(describe)?.into_inner().sandbox;
             println!("{}", sandbox.context("broker returned no sandbox")?.sandbox_id);

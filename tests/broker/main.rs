@@ -9,4 +9,5 @@ mod lifecycle;
 mod limits;
 mod processes;
 mod security;
+mod template_repo;
 mod validation;

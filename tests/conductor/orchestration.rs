@@ -154,7 +154,8 @@ async fn memories_round_trip_and_capabilities_name_their_version() {
     let worker = capabilities.templates.iter().find(|t| t.name == "worker").expect("worker template");
     assert!(capabilities.capabilities.iter().any(|c| c.name == "python3" && c.since_version == worker.version));
     let events = send(&mut client, "", "Check if infrastructure workers are enabled").await;
-    assert!(reply_text(&events).contains("Infrastructure workers: enabled"), "{}", reply_text(&events));
+    let reply = reply_text(&events);
+    assert!(reply.contains("Infrastructure workers are ENABLED") && reply.contains("Code host: local-git"), "{reply}");
     let events = send(&mut client, "", "List your available commands").await;
     assert!(reply_text(&events).contains("spawn_infrastructure_worker"), "{}", reply_text(&events));
 }

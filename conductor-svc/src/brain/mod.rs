@@ -13,6 +13,7 @@ pub mod openai;
 pub mod prompt;
 pub mod retry;
 pub mod rules;
+mod rules_templates;
 pub mod sse;
 pub mod text_protocol;
 pub mod tools;
@@ -165,6 +166,12 @@ pub trait Brain: Send + Sync {
 
     /// One reply to `request`. Text deltas go to `text` as they arrive (a closed receiver is not
     /// an error: the caller stopped watching); the full reply is returned.
+    /// Whether a change review is worth a call: false for the offline `rules` brain, whose
+    /// review is the deterministic summary.
+    fn reviews_changes(&self) -> bool {
+        true
+    }
+
     async fn respond(&self, request: &BrainRequest, text: &TextSink) -> Result<BrainReply, BrainError>;
 }
 

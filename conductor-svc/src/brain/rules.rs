@@ -23,6 +23,10 @@ Commands:
 - what do you remember / recall <text> search memory
 - list capabilities / template version what workers can do, and since which template version
 - check if infrastructure workers are enabled
+- spawn an infrastructure worker to analyze the worker template Dockerfile
+- install <package> in the worker template  (an infrastructure worker edits it; the change becomes a vetted PR)
+- show me the PR diff / what's the new template version
+- approved [#<pr>] / reject [#<pr>] <reason>   (you, not me: I cannot approve or merge)
 - worker status [<worker id>]
 - list your available commands         this list
 
@@ -32,6 +36,10 @@ Tools (what an LLM brain calls): ";
 impl Brain for RulesBrain {
     fn name(&self) -> &'static str {
         "rules"
+    }
+
+    fn reviews_changes(&self) -> bool {
+        false
     }
 
     fn uses_text_protocol(&self) -> bool {
@@ -59,11 +67,12 @@ fn decide(request: &BrainRequest) -> Vec<Block> {
         return vec![Block::text(report(last))];
     }
     let said = last.text();
-    match command(&said) {
+    match command(&said, &request.messages) {
         Some(Command::Tool { name, input, preface }) => {
             vec![Block::text(preface), Block::ToolUse { id: format!("rules-{name}"), name: name.into(), input }]
         }
         Some(Command::Help) => vec![Block::text(help(request))],
+        Some(Command::Say(text)) => vec![Block::text(text)],
         None => vec![Block::text(
             "I can't act on that: the offline `rules` brain only follows explicit commands, \
              e.g. run `ls -la` or /worker <task>. Say \"list your available commands\" for all of them.",
@@ -79,6 +88,7 @@ fn help(request: &BrainRequest) -> String {
 enum Command {
     Tool { name: &'static str, input: serde_json::Value, preface: String },
     Help,
+    Say(String),
 }
 
 fn tool(name: &'static str, input: serde_json::Value, preface: impl Into<String>) -> Option<Command> {
@@ -86,7 +96,7 @@ fn tool(name: &'static str, input: serde_json::Value, preface: impl Into<String>
 }
 
 /// The command in what the user said, if any. Checked in a fixed order; first match wins.
-fn command(said: &str) -> Option<Command> {
+fn command(said: &str, history: &[ChatMessage]) -> Option<Command> {
     let trimmed = said.trim();
     let lower = trimmed.to_lowercase();
     for line in trimmed.lines().map(str::trim) {
@@ -115,6 +125,11 @@ fn command(said: &str) -> Option<Command> {
         let preface = format!("Running `{shell}` in a worker sandbox.\n");
         return tool(tools::SPAWN_WORKER, json!({ "task": shell }), preface);
     }
+    match super::rules_templates::intent(trimmed, history) {
+        Some(super::rules_templates::Intent::Tool { name, input, preface }) => return tool(name, input, preface),
+        Some(super::rules_templates::Intent::Say(text)) => return Some(Command::Say(text)),
+        None => {}
+    }
     if let Some(rest) = strip_prefix_ignore_case(trimmed, "remember ") {
         let rest = rest.trim().trim_start_matches("that ").trim();
         let (key, content) = match rest.split_once(':') {
@@ -137,10 +152,7 @@ fn command(said: &str) -> Option<Command> {
     {
         return Some(Command::Help);
     }
-    if (lower.contains("infrastructure") && lower.contains("enabled"))
-        || lower.contains("capabilities")
-        || lower.contains("template version")
-    {
+    if lower.contains("capabilities") {
         return tool(tools::LIST_CAPABILITIES, json!({}), "");
     }
     if let Some(rest) = strip_prefix_ignore_case(trimmed, "worker status") {
@@ -226,7 +238,8 @@ mod tests {
             Some(("remember".into(), json!({"key": "deploy day", "content": "Fridays are off limits"})))
         );
         assert_eq!(tool_use("What do you remember?"), Some(("recall".into(), json!({"query": ""}))));
-        assert_eq!(tool_use("Check if infrastructure workers are enabled").unwrap().0, "list_capabilities");
+        assert_eq!(tool_use("Check if infrastructure workers are enabled").unwrap().0, "infrastructure_status");
+        assert_eq!(tool_use("list capabilities").unwrap().0, "list_capabilities");
     }
 
     #[test]

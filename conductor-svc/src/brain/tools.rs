@@ -11,6 +11,9 @@ pub const REMEMBER: &str = "remember";
 pub const RECALL: &str = "recall";
 pub const LIST_CAPABILITIES: &str = "list_capabilities";
 pub const WORKER_STATUS: &str = "worker_status";
+pub const SHOW_CHANGE: &str = "show_change";
+pub const INFRASTRUCTURE_STATUS: &str = "infrastructure_status";
+pub const TEMPLATE_VERSIONS: &str = "template_versions";
 
 /// Every tool, in the order models see them.
 pub fn all() -> Vec<ToolSpec> {
@@ -34,7 +37,10 @@ pub fn all() -> Vec<ToolSpec> {
                           Use only when workers lack a capability the user needs.",
             input_schema: json!({
                 "type": "object",
-                "properties": {"task": {"type": "string", "description": "The template change or analysis to make."}},
+                "properties": {
+                    "task": {"type": "string", "description": "The template change or analysis to make."},
+                    "title": {"type": "string", "description": "Title of the pull request, if the worker changes files."}
+                },
                 "required": ["task"]
             }),
         },
@@ -68,6 +74,32 @@ pub fn all() -> Vec<ToolSpec> {
             input_schema: json!({
                 "type": "object",
                 "properties": {"worker_id": {"type": "string"}},
+                "required": []
+            }),
+        },
+        ToolSpec {
+            name: SHOW_CHANGE,
+            description: "Show a template pull request: its diff, the vetting findings and verdict, and its state. \
+                          Without pr_number, the latest one of this conversation.",
+            input_schema: json!({
+                "type": "object",
+                "properties": {"pr_number": {"type": "integer"}},
+                "required": []
+            }),
+        },
+        ToolSpec {
+            name: INFRASTRUCTURE_STATUS,
+            description: "Whether infrastructure workers are enabled: the infrastructure template and the code host \
+                          (local-git or GitHub) the broker is configured with.",
+            input_schema: json!({"type": "object", "properties": {}, "required": []}),
+        },
+        ToolSpec {
+            name: TEMPLATE_VERSIONS,
+            description: "Versions of a template (default: worker), newest first, the active one marked, with the \
+                          pull request each came from.",
+            input_schema: json!({
+                "type": "object",
+                "properties": {"template": {"type": "string"}},
                 "required": []
             }),
         },

@@ -1,6 +1,8 @@
 //! Conversations with Stu: validate a message, run its turn in the background, stream the turn's
 //! events to whoever is watching. A turn outlives its watcher: dropping the stream loses nothing.
 
+mod approval;
+mod change_tools;
 mod tool_calls;
 mod turn;
 
@@ -13,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::Status;
 
 use crate::brain::Brain;
+use crate::changes::Changes;
 use crate::config::Budgets;
 use crate::store::{ConversationRow, Store, StoreError, WorkerKind, WorkerRow, WorkerState};
 use crate::workers::Workers;
@@ -64,6 +67,7 @@ pub struct Chat {
 struct Inner {
     store: Store,
     workers: Workers,
+    changes: Changes,
     brain: Arc<dyn Brain>,
     budgets: Budgets,
     history_token_budget: usize,
@@ -77,6 +81,7 @@ impl Chat {
     pub fn new(
         store: Store,
         workers: Workers,
+        changes: Changes,
         brain: Arc<dyn Brain>,
         budgets: Budgets,
         history_token_budget: usize,
@@ -86,6 +91,7 @@ impl Chat {
             inner: Arc::new(Inner {
                 store,
                 workers,
+                changes,
                 brain,
                 budgets,
                 history_token_budget,

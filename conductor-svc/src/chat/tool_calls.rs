@@ -23,11 +23,11 @@ pub(super) struct ToolOutcome {
 }
 
 impl ToolOutcome {
-    fn ok(content: String) -> ToolOutcome {
+    pub(super) fn ok(content: String) -> ToolOutcome {
         ToolOutcome { content, is_error: false, worker_id: None }
     }
 
-    fn error(content: String) -> ToolOutcome {
+    pub(super) fn error(content: String) -> ToolOutcome {
         ToolOutcome { content, is_error: true, worker_id: None }
     }
 }
@@ -45,6 +45,9 @@ impl Turn {
             tools::RECALL => self.recall(input).await,
             tools::LIST_CAPABILITIES => self.list_capabilities().await,
             tools::WORKER_STATUS => self.worker_status(input).await,
+            tools::SHOW_CHANGE => self.show_change(input).await,
+            tools::INFRASTRUCTURE_STATUS => self.infrastructure_status().await,
+            tools::TEMPLATE_VERSIONS => self.template_versions(input).await,
             other => ToolOutcome::error(format!(
                 "unknown tool {other:?}; available: {}",
                 tools::all().iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
@@ -114,7 +117,12 @@ impl Turn {
             self.emit(TurnEvent::WorkerOutput { worker_id: worker_id.clone(), seq, stderr, data }).await;
         }
         self.emit(TurnEvent::finished(&ended)).await;
-        let mut outcome = ToolOutcome::ok(worker_report(&ended));
+        let mut report = worker_report(&ended);
+        if kind == WorkerKind::Infrastructure && ended.state == crate::store::WorkerState::Succeeded {
+            let title = string_field(input, "title").map_or_else(|| title_from(task), str::to_owned);
+            report.push_str(&self.propose_change(&ended, &title, task).await);
+        }
+        let mut outcome = ToolOutcome::ok(report);
         outcome.worker_id = Some(worker_id);
         outcome
     }
@@ -224,6 +232,16 @@ impl Turn {
             Err(error) => ToolOutcome::error(error.to_string()),
         }
     }
+}
+
+/// A pull request title from a task: its first line, shortened.
+fn title_from(task: &str) -> String {
+    let line = task.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or("Template change");
+    let mut title: String = line.chars().take(72).collect();
+    if line.chars().count() > 72 {
+        title.push('…');
+    }
+    title
 }
 
 /// A worker's state for a brain: the facts the conductor knows, then its summary as untrusted data.

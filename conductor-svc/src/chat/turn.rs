@@ -52,6 +52,12 @@ impl Turn {
             .workers
             .audit(&self.sender, "send_message", &self.conversation_id, &self.text, &self.trace_id)
             .await;
+        if let Some(decision) = super::approval::parse(&self.text) {
+            let answer = self.decide_change(decision).await;
+            self.emit(TurnEvent::Text(answer.clone())).await;
+            let reply = ChatMessage { role: Role::Assistant, content: vec![Block::text(answer)] };
+            return self.store_message(&reply, "stu", Vec::new()).await;
+        }
 
         let mut history: Vec<ChatMessage> = store
             .messages(&self.conversation_id, HISTORY_MESSAGES)

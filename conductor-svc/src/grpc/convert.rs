@@ -129,6 +129,8 @@ pub fn capability(row: CapabilityRow) -> pb::Capability {
         template: row.template,
         since_version: row.since_version,
         since: timestamp(row.since),
+        pr_number: row.pr_number,
+        evidence: row.evidence,
     }
 }
 

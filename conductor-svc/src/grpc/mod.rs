@@ -1,6 +1,7 @@
 //! The gRPC adapter: `agentstudio.conductor.v1.ConductorService` over [`Chat`], [`Workers`] and
 //! the [`Store`]. Validation and mapping only; the work happens in the domain modules.
 
+mod changes;
 pub mod convert;
 
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use agentstudio_proto::sandbox::v1::process_event::Event as ProcessEvent;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::changes::Changes;
 use crate::chat::{Chat, SendMessage, store_status};
 use crate::store::{MemoryRow, Store, WorkerFilter};
 use crate::workers::Workers;
@@ -25,12 +27,13 @@ const MAX_MEMORY_CONTENT_BYTES: usize = 32 << 10;
 pub struct ConductorGrpc {
     chat: Chat,
     workers: Workers,
+    changes: Changes,
     store: Store,
 }
 
 impl ConductorGrpc {
-    pub fn new(chat: Chat, workers: Workers, store: Store) -> ConductorGrpc {
-        ConductorGrpc { chat, workers, store }
+    pub fn new(chat: Chat, workers: Workers, changes: Changes, store: Store) -> ConductorGrpc {
+        ConductorGrpc { chat, workers, changes, store }
     }
 }
 
@@ -255,5 +258,61 @@ impl ConductorService for ConductorGrpc {
                 })
                 .collect(),
         }))
+    }
+
+    async fn list_changes(
+        &self,
+        _request: Request<pb::ListChangesRequest>,
+    ) -> Result<Response<pb::ListChangesResponse>, Status> {
+        let records = self.changes.list("").await?;
+        Ok(Response::new(pb::ListChangesResponse { changes: records.into_iter().map(changes::record).collect() }))
+    }
+
+    async fn get_change(
+        &self,
+        request: Request<pb::GetChangeRequest>,
+    ) -> Result<Response<pb::GetChangeResponse>, Status> {
+        let view = self.changes.get(request.into_inner().pr_number).await?;
+        Ok(Response::new(pb::GetChangeResponse { change: Some(changes::view(view)) }))
+    }
+
+    async fn approve_change(
+        &self,
+        request: Request<pb::ApproveChangeRequest>,
+    ) -> Result<Response<pb::ApproveChangeResponse>, Status> {
+        let trace_id = convert::trace_id(request.metadata());
+        let view = changes::approve(&self.changes, request.into_inner(), trace_id).await?;
+        Ok(Response::new(pb::ApproveChangeResponse { change: Some(changes::view(view)) }))
+    }
+
+    async fn reject_change(
+        &self,
+        request: Request<pb::RejectChangeRequest>,
+    ) -> Result<Response<pb::RejectChangeResponse>, Status> {
+        let request = request.into_inner();
+        let view = self.changes.reject(request.pr_number, &request.reason, &request.rejected_by).await?;
+        Ok(Response::new(pb::RejectChangeResponse { change: Some(changes::view(view)) }))
+    }
+
+    async fn list_template_versions(
+        &self,
+        request: Request<pb::ListTemplateVersionsRequest>,
+    ) -> Result<Response<pb::ListTemplateVersionsResponse>, Status> {
+        let versions = self.changes.versions(&request.into_inner().template).await?;
+        Ok(Response::new(pb::ListTemplateVersionsResponse {
+            versions: versions.into_iter().map(changes::version).collect(),
+        }))
+    }
+
+    async fn rollback_template(
+        &self,
+        request: Request<pb::RollbackTemplateRequest>,
+    ) -> Result<Response<pb::RollbackTemplateResponse>, Status> {
+        let request = request.into_inner();
+        let version = self
+            .changes
+            .rollback(&request.template, &request.version_id, &request.requested_by, &request.reason)
+            .await?;
+        Ok(Response::new(pb::RollbackTemplateResponse { version: Some(changes::version(version)) }))
     }
 }

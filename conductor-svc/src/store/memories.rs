@@ -69,14 +69,16 @@ impl Store {
     pub async fn record_capability(&self, capability: &CapabilityRow) -> Result<bool, StoreError> {
         let inserted = with_pool!(self, |pool| {
             sqlx::query(
-                "INSERT INTO capabilities (template, name, description, since_version, since) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (template, name) DO NOTHING",
+                "INSERT INTO capabilities (template, name, description, since_version, since, pr_number, evidence) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (template, name) DO NOTHING",
             )
             .bind(&capability.template)
             .bind(&capability.name)
             .bind(&capability.description)
             .bind(&capability.since_version)
             .bind(to_millis(capability.since))
+            .bind(super::codec::u64_to_i64("pr_number", capability.pr_number)?)
+            .bind(&capability.evidence)
             .execute(pool)
             .await
             .map_err(|error| self.database_error(error))?
@@ -89,7 +91,8 @@ impl Store {
     pub async fn list_capabilities(&self) -> Result<Vec<CapabilityRow>, StoreError> {
         with_pool!(self, |pool| {
             sqlx::query(
-                "SELECT template, name, description, since_version, since FROM capabilities ORDER BY template, name",
+                "SELECT template, name, description, since_version, since, pr_number, evidence FROM capabilities \
+                 ORDER BY template, name",
             )
             .fetch_all(pool)
             .await
@@ -130,6 +133,8 @@ fn capability_from_row(row: &impl StoreRow) -> Result<CapabilityRow, StoreError>
         template: row.text("template")?,
         since_version: row.text("since_version")?,
         since: row.time("since")?,
+        pr_number: super::codec::i64_to_u64("capabilities.pr_number", row.int("pr_number")?)?,
+        evidence: row.text("evidence")?,
     })
 }
 

@@ -17,6 +17,7 @@
 //! `tls-rustls-aws-lc-rs` (or `tls-rustls-ring`) feature in the workspace.
 
 mod audit;
+mod changes;
 mod codec;
 mod connect;
 mod conversations;

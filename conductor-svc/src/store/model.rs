@@ -159,6 +159,36 @@ pub struct CapabilityRow {
     /// The template version it first appeared in.
     pub since_version: String,
     pub since: SystemTime,
+    /// The pull request that brought it; 0 when it was there from the start.
+    pub pr_number: u64,
+    /// What showed it works (the passing smoke test of that version).
+    pub evidence: String,
+}
+
+/// One template change: `document` is the change's JSON (see `crate::changes::ChangeRecord`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRow {
+    pub pr_number: u64,
+    pub conversation_id: String,
+    pub state: String,
+    pub document: String,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// A human's approval of one pull request at one head commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalRow {
+    pub approval_id: String,
+    pub pr_number: u64,
+    pub head_sha: String,
+    pub report_digest: String,
+    pub approver: String,
+    pub override_reason: String,
+    pub approved_at: SystemTime,
+    pub expires_at: SystemTime,
+    pub used_at: Option<SystemTime>,
+    pub void_reason: String,
 }
 
 /// One line of the audit log: who or what asked for what, when, under which trace.

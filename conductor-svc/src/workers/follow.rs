@@ -11,7 +11,7 @@ use tonic::Code;
 use super::runtime::OutputDigest;
 use super::{Live, LiveEvent, StopCause, Workers, cancel_reason};
 use crate::broker_client::{describe, jittered};
-use crate::store::{WorkerRow, WorkerState};
+use crate::store::{WorkerKind, WorkerRow, WorkerState};
 
 /// How often the last seen seq is written to the store while output flows.
 const PERSIST_INTERVAL: Duration = Duration::from_millis(500);
@@ -211,8 +211,12 @@ async fn finish(workers: &Workers, live: &Live, mut row: WorkerRow, mut digest: 
             row.summary = format!("{}. Output seen:\n{}", row.end_reason, digest.tail());
         }
     }
-    // Worker sandboxes are single-use: release it whatever the end (idempotent on the broker).
-    if let Err(status) = inner.broker.kill_sandbox(&row.sandbox_id).await {
+    // Worker sandboxes are single-use: release it whatever the end (idempotent on the broker) —
+    // except a successful infrastructure worker's, whose edits are proposed from it first (the
+    // proposer kills it; its broker timeout is the backstop).
+    let proposing = row.kind == WorkerKind::Infrastructure && row.state == WorkerState::Succeeded;
+    if proposing {
+    } else if let Err(status) = inner.broker.kill_sandbox(&row.sandbox_id).await {
         tracing::warn!(worker = %row.id, error = %describe(&status), "could not kill the worker's sandbox");
     }
     row.finished_at = Some(SystemTime::now());

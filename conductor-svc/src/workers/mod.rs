@@ -160,6 +160,8 @@ impl Workers {
                     template: template.name.clone(),
                     since_version: template.version.clone(),
                     since: SystemTime::now(),
+                    pr_number: template.active_version.as_ref().map_or(0, |v| v.pr_number),
+                    evidence: String::new(),
                 };
                 if self.inner.store.record_capability(&capability).await? {
                     tracing::info!(template = %template.name, capability = %name, version = %template.version, "new capability");
@@ -274,6 +276,7 @@ impl Workers {
         let timeout = self.inner.budgets.worker_wall_time + SANDBOX_SLACK;
         let sandbox = broker
             .create_sandbox(pb::CreateSandboxRequest {
+                template_version: String::new(),
                 template: row.template.clone(),
                 env: Default::default(),
                 timeout: prost_types::Duration::try_from(timeout).ok(),

@@ -14,6 +14,9 @@ pub enum BrokerError {
     ResourceExhausted(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller may not do this (a merge without a valid human approval).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Shutting down, or a provider could not do it now.
     #[error("{0}")]
     Unavailable(String),

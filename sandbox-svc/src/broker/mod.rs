@@ -3,6 +3,7 @@
 //! Transport-agnostic: the gRPC adapter (`crate::grpc`) converts requests into the types of
 //! [`model`] and calls [`Broker`]; tests can call it directly.
 
+mod changes;
 mod error;
 pub mod model;
 mod process;
@@ -26,7 +27,8 @@ use crate::config::Limits;
 use crate::provider::{ProcessSignal as Signal, ProcessSpec, SandboxProvider, SandboxSpec};
 use crate::redact::Redactor;
 use crate::spool::{EventBody, Spool};
-use crate::template::{Runtime, TemplateCatalog};
+use crate::template::Runtime;
+use crate::template_repo::{TemplateRepo, registry_error};
 use crate::workspace_path::WorkspacePath;
 
 /// How long ending a sandbox waits for its processes' output to be fully spooled.
@@ -40,7 +42,8 @@ pub struct Broker {
 
 struct Inner {
     limits: Limits,
-    templates: TemplateCatalog,
+    /// Active template versions, checkouts, builds and the code host.
+    repo: Arc<TemplateRepo>,
     /// Added to every `claude`-runtime sandbox's environment (the worker LLM key); `None` = the
     /// broker holds no such key and those templates run as `shell`.
     claude_env: Option<BTreeMap<String, String>>,
@@ -72,7 +75,7 @@ struct IdempotentCreate {
 impl Broker {
     pub fn new(
         limits: Limits,
-        templates: TemplateCatalog,
+        repo: Arc<TemplateRepo>,
         claude_env: Option<BTreeMap<String, String>>,
         provider: Arc<dyn SandboxProvider>,
         redactor: Redactor,
@@ -82,7 +85,7 @@ impl Broker {
         Broker {
             inner: Arc::new(Inner {
                 limits,
-                templates,
+                repo,
                 claude_env,
                 provider,
                 redactor,
@@ -98,27 +101,53 @@ impl Broker {
         &self.inner.redactor
     }
 
-    /// Every template with the runtime its sandboxes actually get.
+    pub fn repo(&self) -> &Arc<TemplateRepo> {
+        &self.inner.repo
+    }
+
+    /// Every template's active version with the runtime its sandboxes actually get.
     pub fn templates(&self) -> Vec<TemplateView> {
         let inner = &self.inner;
-        inner
-            .templates
+        let registry = &inner.repo.registry;
+        registry
             .names()
             .into_iter()
-            .filter_map(|name| inner.templates.get(name))
-            .map(|template| {
-                let (runtime, runtime_note) = match (template.runtime, inner.claude_env.is_some()) {
-                    (Runtime::Claude, false) => (
-                        Runtime::Shell,
-                        "the manifest asks for `claude`, but the broker holds no worker LLM key \
-                         (SANDBOX_WORKER_ANTHROPIC_API_KEY): tasks run as bash scripts"
-                            .to_owned(),
-                    ),
-                    (runtime, _) => (runtime, String::new()),
-                };
-                TemplateView { template: template.clone(), runtime, runtime_note }
+            .filter_map(|name| registry.active(&name).ok())
+            .map(|(template, version)| {
+                let (runtime, runtime_note) = self.effective_runtime(&template);
+                let smoke_test = self.effective_smoke_test(&template);
+                TemplateView { template, runtime, runtime_note, version, smoke_test }
             })
             .collect()
+    }
+
+    /// The runtime sandboxes of `template` get, and why it differs from the manifest's.
+    fn effective_runtime(&self, template: &crate::template::Template) -> (Runtime, String) {
+        match (template.runtime, self.inner.claude_env.is_some()) {
+            (Runtime::Claude, false) => (
+                Runtime::Shell,
+                "the manifest asks for `claude`, but the broker holds no worker LLM key \
+                 (SANDBOX_WORKER_ANTHROPIC_API_KEY): tasks run as bash scripts"
+                    .to_owned(),
+            ),
+            (runtime, _) => (runtime, String::new()),
+        }
+    }
+
+    /// The smoke test this broker's provider can run for `template`.
+    pub fn effective_smoke_test(&self, template: &crate::template::Template) -> String {
+        match (&template.local_smoke_test, self.inner.provider.name()) {
+            (Some(local), "local") => local.clone(),
+            _ => template.smoke_test.clone(),
+        }
+    }
+
+    /// A built version of a template, with what its sandboxes would run.
+    pub fn template_version(&self, template: &str, version_id: &str) -> Result<TemplateView, BrokerError> {
+        let (manifest, version) = self.inner.repo.registry.version(template, version_id).map_err(registry_error)?;
+        let (runtime, runtime_note) = self.effective_runtime(&manifest);
+        let smoke_test = self.effective_smoke_test(&manifest);
+        Ok(TemplateView { template: manifest, runtime, runtime_note, version, smoke_test })
     }
 
     pub async fn create_sandbox(&self, request: CreateSandbox) -> Result<SandboxView, BrokerError> {
@@ -171,13 +200,17 @@ impl Broker {
 
     async fn create_new(&self, request: CreateSandbox) -> Result<String, BrokerError> {
         let inner = &self.inner;
-        let template = inner.templates.get(&request.template).cloned().ok_or_else(|| {
-            BrokerError::NotFound(format!(
-                "template {:?} not found; known templates: {}",
-                request.template,
-                inner.templates.names().join(", ")
-            ))
-        })?;
+        if request.template.is_empty() {
+            return Err(BrokerError::invalid("template", "must not be empty"));
+        }
+        let registry = &inner.repo.registry;
+        let (template, version) = match &request.template_version {
+            Some(version_id) => registry.version(&request.template, version_id),
+            None => registry.active(&request.template),
+        }
+        .map_err(registry_error)?;
+        // Read before a slot is taken: a code host that is down fails the create cleanly.
+        let checkout = inner.repo.checkout(&template).await?;
         let timeout = match request.timeout {
             Some(timeout) => timeout,
             None => template.default_timeout.clamp(inner.limits.min_timeout, inner.limits.max_timeout),
@@ -200,6 +233,17 @@ impl Broker {
                 return Err(error.into());
             }
         };
+        let checkout_sha = match checkout {
+            None => None,
+            Some((sha, files)) => match changes::write_checkout(handle.as_ref(), files).await {
+                Ok(()) => Some(sha),
+                Err(error) => {
+                    let _ = handle.kill().await;
+                    inner.registry.lock().expect("lock poisoned").live -= 1;
+                    return Err(error);
+                }
+            },
+        };
         let entry = Arc::new(SandboxEntry::new(
             sandbox_id.clone(),
             request.template,
@@ -208,6 +252,8 @@ impl Broker {
             request.idempotency_key,
             handle,
             timeout,
+            version.version_id,
+            checkout_sha,
         ));
         inner.registry.lock().expect("lock poisoned").sandboxes.insert(sandbox_id.clone(), entry.clone());
         tracing::info!(%sandbox_id, template = %entry.template, ?timeout, "sandbox created");

@@ -19,6 +19,8 @@ pub struct CreateSandbox {
     pub timeout: Option<Duration>,
     pub metadata: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
+    /// A built version to use instead of the active one.
+    pub template_version: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +62,8 @@ pub struct SandboxView {
     pub metadata: BTreeMap<String, String>,
     pub ended: Option<Ended>,
     pub provider: &'static str,
+    pub template_version: String,
+    pub checkout_sha: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -126,4 +130,7 @@ pub struct TemplateView {
     pub runtime: crate::template::Runtime,
     /// Why `runtime` differs from the manifest's; empty when it does not.
     pub runtime_note: String,
+    pub version: crate::template::registry::VersionRecord,
+    /// The smoke test this broker's provider runs for it.
+    pub smoke_test: String,
 }

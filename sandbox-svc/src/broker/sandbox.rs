@@ -27,6 +27,11 @@ pub(super) struct SandboxEntry {
     pub ending: CancellationToken,
     /// The one ending of this sandbox; later kill requests wait for it.
     pub end_once: OnceCell<()>,
+    pub template_version: String,
+    /// The template-repository commit checked out into the workspace, if any.
+    pub checkout_sha: Option<String>,
+    /// The pull request this sandbox's changes were proposed as; later proposals push to it.
+    pub proposed: tokio::sync::Mutex<Option<u64>>,
 }
 
 pub(super) struct SandboxMutable {
@@ -49,6 +54,8 @@ impl SandboxEntry {
         idempotency_key: Option<String>,
         handle: Arc<dyn ProviderSandbox>,
         timeout: Duration,
+        template_version: String,
+        checkout_sha: Option<String>,
     ) -> SandboxEntry {
         let now = SystemTime::now();
         SandboxEntry {
@@ -70,6 +77,9 @@ impl SandboxEntry {
             deadline_changed: Notify::new(),
             ending: CancellationToken::new(),
             end_once: OnceCell::new(),
+            template_version,
+            checkout_sha,
+            proposed: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -101,6 +111,8 @@ impl SandboxEntry {
             metadata: self.metadata.clone(),
             ended: state.ended.clone(),
             provider: self.provider,
+            template_version: self.template_version.clone(),
+            checkout_sha: self.checkout_sha.clone(),
         }
     }
 

@@ -11,6 +11,8 @@ use crate::broker::model::{self, EndReason, ProcessView, SandboxState, SandboxVi
 use crate::provider::ProcessSignal as Signal;
 use crate::spool::{EventBody, SpooledEvent};
 use crate::template::Runtime;
+use crate::template::registry::{VersionRecord, VersionStatus};
+use crate::template_repo::Approval;
 use crate::workspace_path::WorkspacePath;
 
 /// Longest argv accepted, in entries.
@@ -68,6 +70,7 @@ pub fn create_sandbox(request: pb::CreateSandboxRequest) -> Result<model::Create
         timeout,
         metadata,
         idempotency_key: if key.is_empty() { None } else { Some(key) },
+        template_version: Some(label("template_version", request.template_version)?).filter(|v| !v.is_empty()),
     })
 }
 
@@ -140,6 +143,8 @@ pub fn sandbox(view: SandboxView) -> pb::Sandbox {
         end_reason: end_reason as i32,
         end_message,
         provider: view.provider.to_owned(),
+        template_version: view.template_version,
+        checkout_sha: view.checkout_sha.unwrap_or_default(),
     }
 }
 
@@ -176,6 +181,7 @@ pub fn status(error: &BrokerError, message: String) -> Status {
         BrokerError::NotFound(_) => Status::not_found(message),
         BrokerError::ResourceExhausted(_) => Status::resource_exhausted(message),
         BrokerError::FailedPrecondition(_) => Status::failed_precondition(message),
+        BrokerError::PermissionDenied(_) => Status::permission_denied(message),
         BrokerError::Unavailable(_) => Status::unavailable(message),
     }
 }
@@ -186,7 +192,10 @@ pub fn template(view: TemplateView) -> pb::Template {
         Runtime::Shell => "shell",
     };
     let template = view.template;
+    let active_version = template_version(view.version, true, view.smoke_test.clone(), template.capabilities.clone());
     pb::Template {
+        template_checkout: template.checkout.is_some(),
+        active_version: Some(active_version),
         name: template.name,
         description: template.description,
         runtime: runtime.to_owned(),
@@ -194,9 +203,89 @@ pub fn template(view: TemplateView) -> pb::Template {
         version: template.version,
         network: template.network,
         default_timeout: prost_types::Duration::try_from(template.default_timeout).ok(),
-        smoke_test: template.smoke_test,
+        smoke_test: view.smoke_test,
         capabilities: template.capabilities,
     }
+}
+
+pub fn template_version(
+    record: VersionRecord,
+    active: bool,
+    smoke_test: String,
+    capabilities: Vec<String>,
+) -> pb::TemplateVersion {
+    let millis = |ms: i64| timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64));
+    pb::TemplateVersion {
+        version_id: record.version_id,
+        template: record.template,
+        git_sha: record.git_sha,
+        pr_number: record.pr_number,
+        built_at: Some(millis(record.built_at)),
+        status: match record.status {
+            VersionStatus::Building => pb::TemplateVersionStatus::Building,
+            VersionStatus::Built => pb::TemplateVersionStatus::Built,
+            VersionStatus::Failed => pb::TemplateVersionStatus::Failed,
+        } as i32,
+        active,
+        promoted_at: record.promoted_at.map(millis),
+        builder: record.builder,
+        artifact: record.artifact,
+        smoke_test,
+        capabilities,
+        error: record.error,
+    }
+}
+
+pub fn pull_request(pr: codehost::PullRequest) -> pb::PullRequest {
+    pb::PullRequest {
+        number: pr.number,
+        url: pr.url,
+        title: pr.title,
+        state: pr.state.as_str().to_owned(),
+        head_sha: pr.head_sha,
+        base_sha: pr.base_sha,
+        diff: pr.diff,
+        files: pr
+            .files
+            .into_iter()
+            .map(|f| pb::ChangedFile { path: f.path, status: f.status, additions: f.additions, deletions: f.deletions })
+            .collect(),
+        body: pr.body,
+        head_branch: pr.head_branch,
+        base_branch: pr.base_branch,
+        merge_sha: pr.merge_sha.unwrap_or_default(),
+        author: pr.author,
+        created_at: Some(timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(pr.created_at.max(0) as u64))),
+        diff_truncated: pr.diff_truncated,
+    }
+}
+
+pub fn pr_state(raw: &str) -> Result<Option<codehost::PrState>, BrokerError> {
+    match raw {
+        "" | "all" => Ok(None),
+        "open" => Ok(Some(codehost::PrState::Open)),
+        "closed" => Ok(Some(codehost::PrState::Closed)),
+        "merged" => Ok(Some(codehost::PrState::Merged)),
+        other => Err(BrokerError::invalid("state", format!("{other:?} is not one of open, closed, merged, all"))),
+    }
+}
+
+pub fn approval(approval: Option<pb::Approval>) -> Result<Option<Approval>, BrokerError> {
+    let Some(approval) = approval else { return Ok(None) };
+    let expires_at = match approval.expires_at {
+        Some(t) if t.seconds >= 0 => {
+            Some(SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos.clamp(0, 999_999_999) as u32))
+        }
+        _ => None,
+    };
+    Ok(Some(Approval {
+        approval_id: approval.approval_id,
+        approver: approval.approver,
+        head_sha: approval.head_sha,
+        report_digest: approval.report_digest,
+        expires_at,
+        override_reason: approval.override_reason,
+    }))
 }
 
 #[cfg(test)]

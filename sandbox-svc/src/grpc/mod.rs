@@ -3,6 +3,7 @@
 mod convert;
 pub mod message_limit;
 mod stream;
+mod template_repo;
 
 use std::pin::Pin;
 
@@ -212,6 +213,106 @@ impl SandboxService for SandboxGrpc {
         _request: Request<pb::ListTemplatesRequest>,
     ) -> Result<Response<pb::ListTemplatesResponse>, Status> {
         let templates = self.broker.templates().into_iter().map(convert::template).collect();
-        Ok(Response::new(pb::ListTemplatesResponse { templates }))
+        let repo = self.broker.repo();
+        let code_host = pb::CodeHostInfo {
+            kind: repo.code_host.kind().to_owned(),
+            repository: repo.code_host.repository(),
+            default_branch: repo.code_host.default_branch(),
+            builder: repo.builder.name().to_owned(),
+        };
+        Ok(Response::new(pb::ListTemplatesResponse { templates, code_host: Some(code_host) }))
+    }
+
+    async fn propose_change(
+        &self,
+        request: Request<pb::ProposeChangeRequest>,
+    ) -> Result<Response<pb::ProposeChangeResponse>, Status> {
+        self.propose(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_pull_request(
+        &self,
+        request: Request<pb::GetPullRequestRequest>,
+    ) -> Result<Response<pb::GetPullRequestResponse>, Status> {
+        let pr = self
+            .broker
+            .get_pull_request(request.into_inner().number)
+            .await
+            .map_err(|e| self.status("GetPullRequest", e))?;
+        Ok(Response::new(pb::GetPullRequestResponse { pull_request: Some(convert::pull_request(pr)) }))
+    }
+
+    async fn list_pull_requests(
+        &self,
+        request: Request<pb::ListPullRequestsRequest>,
+    ) -> Result<Response<pb::ListPullRequestsResponse>, Status> {
+        let status = |e| self.status("ListPullRequests", e);
+        let state = convert::pr_state(&request.into_inner().state).map_err(status)?;
+        let prs = self.broker.list_pull_requests(state).await.map_err(status)?;
+        Ok(Response::new(pb::ListPullRequestsResponse {
+            pull_requests: prs.into_iter().map(convert::pull_request).collect(),
+        }))
+    }
+
+    async fn merge_pull_request(
+        &self,
+        request: Request<pb::MergePullRequestRequest>,
+    ) -> Result<Response<pb::MergePullRequestResponse>, Status> {
+        let status = |e| self.status("MergePullRequest", e);
+        let request = request.into_inner();
+        let approval = convert::approval(request.approval).map_err(status)?;
+        let (pr, merge_sha) = self
+            .broker
+            .merge_pull_request(request.number, &request.expected_head_sha, approval.as_ref())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::MergePullRequestResponse { pull_request: Some(convert::pull_request(pr)), merge_sha }))
+    }
+
+    async fn close_pull_request(
+        &self,
+        request: Request<pb::ClosePullRequestRequest>,
+    ) -> Result<Response<pb::ClosePullRequestResponse>, Status> {
+        let request = request.into_inner();
+        let pr = self
+            .broker
+            .close_pull_request(request.number, &request.comment)
+            .await
+            .map_err(|e| self.status("ClosePullRequest", e))?;
+        Ok(Response::new(pb::ClosePullRequestResponse { pull_request: Some(convert::pull_request(pr)) }))
+    }
+
+    type BuildTemplateStream = template_repo::BuildStream;
+
+    async fn build_template(
+        &self,
+        request: Request<pb::BuildTemplateRequest>,
+    ) -> Result<Response<Self::BuildTemplateStream>, Status> {
+        self.build(request.into_inner()).map(Response::new)
+    }
+
+    async fn list_template_versions(
+        &self,
+        request: Request<pb::ListTemplateVersionsRequest>,
+    ) -> Result<Response<pb::ListTemplateVersionsResponse>, Status> {
+        self.versions(request.into_inner()).map(Response::new)
+    }
+
+    async fn promote_template(
+        &self,
+        request: Request<pb::PromoteTemplateRequest>,
+    ) -> Result<Response<pb::PromoteTemplateResponse>, Status> {
+        let request = request.into_inner();
+        let version = self.activate("PromoteTemplate", &request.template, &request.version_id, false)?;
+        Ok(Response::new(pb::PromoteTemplateResponse { version: Some(version) }))
+    }
+
+    async fn rollback_template(
+        &self,
+        request: Request<pb::RollbackTemplateRequest>,
+    ) -> Result<Response<pb::RollbackTemplateResponse>, Status> {
+        let request = request.into_inner();
+        let version = self.activate("RollbackTemplate", &request.template, &request.version_id, true)?;
+        Ok(Response::new(pb::RollbackTemplateResponse { version: Some(version) }))
     }
 }

@@ -120,9 +120,44 @@ pub trait ProviderSandbox: Send + Sync {
     /// Reads the file at `path`; refuses files larger than `max_bytes` and paths resolving outside.
     async fn read_file(&self, path: &WorkspacePath, max_bytes: u64) -> Result<Bytes, ProviderError>;
 
+    /// Every entry under the workspace, without following symlinks, within `limits` — what the
+    /// broker diffs against a checkout to propose a change. Files over `limits.max_file_bytes`
+    /// come back as [`WorkspaceEntry::TooLarge`] without their content.
+    async fn export_workspace(&self, limits: ExportLimits) -> Result<Vec<(String, WorkspaceEntry)>, ProviderError> {
+        let _ = limits;
+        Err(ProviderError::FailedPrecondition("this provider cannot export a workspace".into()))
+    }
+
     /// Ends every process in the sandbox, whole process trees included, and releases the
     /// sandbox's resources. Returns once no process of the sandbox is left. Idempotent.
     async fn kill(&self) -> Result<(), ProviderError>;
+}
+
+/// Bounds on [`ProviderSandbox::export_workspace`].
+#[derive(Debug, Clone, Copy)]
+pub struct ExportLimits {
+    pub max_entries: usize,
+    pub max_file_bytes: u64,
+    pub max_total_bytes: u64,
+    /// Top-level directory names not to descend into (`.git`).
+    pub skip_top_level: &'static [&'static str],
+}
+
+/// One entry of an exported workspace, keyed by its workspace-relative path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkspaceEntry {
+    File {
+        content: Vec<u8>,
+        executable: bool,
+    },
+    TooLarge {
+        size: u64,
+    },
+    Symlink {
+        target: String,
+    },
+    /// A FIFO, socket or device: never template content.
+    Special,
 }
 
 /// Input and signals for one running process.

@@ -5,6 +5,7 @@
 //! therefore do not see each other's pids or loopback network (documented in the README).
 
 mod bwrap;
+mod export;
 mod fs;
 mod process;
 mod spawner;
@@ -26,7 +27,10 @@ pub use bwrap::{DEFAULT_PATH, DEFAULT_ROOT_PATHS, WORKSPACE_MOUNT};
 use self::bwrap::{BwrapInvocation, RootLayout, process_env};
 use self::process::TrackedProcess;
 use self::spawner::Spawner;
-use crate::provider::{ProcessSpec, ProviderError, ProviderSandbox, SandboxProvider, SandboxSpec, StartedProcess};
+use crate::provider::{
+    ExportLimits, ProcessSpec, ProviderError, ProviderSandbox, SandboxProvider, SandboxSpec, StartedProcess,
+    WorkspaceEntry,
+};
 use crate::workspace_path::WorkspacePath;
 
 /// How long `kill` waits for killed processes to be reaped before reporting failure.
@@ -367,6 +371,13 @@ impl ProviderSandbox for LocalSandbox {
     async fn read_file(&self, path: &WorkspacePath, max_bytes: u64) -> Result<Bytes, ProviderError> {
         let (workspace, path) = (self.workspace.clone(), path.clone());
         tokio::task::spawn_blocking(move || fs::read_file(&workspace, &path, max_bytes))
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?
+    }
+
+    async fn export_workspace(&self, limits: ExportLimits) -> Result<Vec<(String, WorkspaceEntry)>, ProviderError> {
+        let workspace = self.workspace.clone();
+        tokio::task::spawn_blocking(move || export::export(&workspace, limits))
             .await
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?
     }

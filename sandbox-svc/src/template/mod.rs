@@ -1,7 +1,12 @@
-//! Template manifests (`templates/<name>/template.toml`): what a sandbox of each kind gets.
+//! Template manifests (`<name>/template.toml` in the template repository): what a sandbox of
+//! each kind gets, and the versions built from them.
 //!
-//! The broker reads the templates directory at start; when it is absent (the binary runs outside
-//! the repository) it falls back to copies compiled in, so `studio up` works from anywhere.
+//! The project's `templates/` directory (or, outside the repository, copies compiled in) only
+//! seeds the template repository on first start; from then on templates change by pull request,
+//! build and promotion (see [`registry`]).
+
+pub mod builder;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +38,12 @@ pub struct Template {
     pub capabilities: Vec<String>,
     /// `sha256:<hex>` over the template directory's files (path and content, sorted by path).
     pub version: String,
+    /// Sandboxes start with a checkout of the template repository at the active version of this
+    /// template (infrastructure sandboxes: `checkout = "worker"`).
+    pub checkout: Option<String>,
+    /// What the `local` provider runs as the smoke test instead of `smoke_test`: it runs host
+    /// tools and builds no image, so image-level checks cannot pass or fail meaningfully there.
+    pub local_smoke_test: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +61,17 @@ struct Manifest {
     env: BTreeMap<String, String>,
     #[serde(default)]
     capabilities: Vec<String>,
+    #[serde(default)]
+    checkout: Option<String>,
+    #[serde(default)]
+    local: LocalTable,
+}
+
+/// The manifest's `[local]` table: what differs when the `local` provider runs the template.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocalTable {
+    smoke_test: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,72 +89,70 @@ const BUILTIN: &[(&str, &[(&str, &str)])] = &[
     (
         "worker",
         &[
-            ("Dockerfile", include_str!("../../templates/worker/Dockerfile")),
-            ("template.toml", include_str!("../../templates/worker/template.toml")),
+            ("Dockerfile", include_str!("../../../templates/worker/Dockerfile")),
+            ("template.toml", include_str!("../../../templates/worker/template.toml")),
         ],
     ),
     (
         "infrastructure",
         &[
-            ("Dockerfile", include_str!("../../templates/infrastructure/Dockerfile")),
-            ("template.toml", include_str!("../../templates/infrastructure/template.toml")),
+            ("Dockerfile", include_str!("../../../templates/infrastructure/Dockerfile")),
+            ("template.toml", include_str!("../../../templates/infrastructure/template.toml")),
         ],
     ),
 ];
 
-/// All known templates, by name.
-#[derive(Debug, Clone)]
-pub struct TemplateCatalog {
-    templates: BTreeMap<String, Template>,
+/// The project's template directory as files (relative path, content), or the built-in copies
+/// when `dir` does not exist: what seeds the template repository on first start.
+pub fn seed_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, TemplateError> {
+    if !dir.is_dir() {
+        return Ok(BUILTIN
+            .iter()
+            .flat_map(|(name, files)| {
+                files.iter().map(move |(path, text)| (format!("{name}/{path}"), text.as_bytes().to_vec()))
+            })
+            .collect());
+    }
+    let mut files = Vec::new();
+    collect_files(dir, "", &mut files)?;
+    if !files.iter().any(|(path, _)| path.ends_with("/template.toml")) {
+        return Err(TemplateError::Empty(dir.to_owned()));
+    }
+    files.sort();
+    Ok(files)
 }
 
-impl TemplateCatalog {
-    /// Loads every `<dir>/*/template.toml`, or the built-in copies when `dir` does not exist.
-    pub fn load(dir: &Path) -> Result<TemplateCatalog, TemplateError> {
-        if !dir.is_dir() {
-            return TemplateCatalog::builtin();
+/// The templates in a repository tree: every top-level directory holding a `template.toml`,
+/// with its files relative to that directory, parsed and content-versioned.
+pub fn templates_in_tree<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<Vec<(Template, Vec<(String, Vec<u8>)>)>, TemplateError> {
+    let mut by_dir: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+    for (path, content) in files {
+        if let Some((dir, rest)) = path.split_once('/') {
+            by_dir.entry(dir.to_owned()).or_default().push((rest.to_owned(), content.to_vec()));
         }
-        let entries = std::fs::read_dir(dir).map_err(|source| TemplateError::Read { path: dir.to_owned(), source })?;
-        let mut templates = BTreeMap::new();
-        for entry in entries.flatten() {
-            let manifest_path = entry.path().join("template.toml");
-            if !manifest_path.is_file() {
-                continue;
-            }
-            let text = std::fs::read_to_string(&manifest_path)
-                .map_err(|source| TemplateError::Read { path: manifest_path.clone(), source })?;
-            let dir_name = entry.file_name().to_string_lossy().into_owned();
-            let mut files = Vec::new();
-            collect_files(&entry.path(), "", &mut files)?;
-            let version = content_version(files.iter().map(|(path, content)| (path.as_str(), content.as_slice())));
-            let template = parse(&text, &manifest_path.display().to_string(), Some(&dir_name), version)?;
-            templates.insert(template.name.clone(), template);
-        }
-        if templates.is_empty() {
-            return Err(TemplateError::Empty(dir.to_owned()));
-        }
-        Ok(TemplateCatalog { templates })
     }
+    let mut templates = Vec::new();
+    for (dir, files) in by_dir {
+        let Some((_, manifest)) = files.iter().find(|(path, _)| path == "template.toml") else { continue };
+        let text = String::from_utf8_lossy(manifest).into_owned();
+        let version = content_version(files.iter().map(|(path, content)| (path.as_str(), content.as_slice())));
+        let template = parse(&text, &format!("{dir}/template.toml"), Some(&dir), version)?;
+        templates.push((template, files));
+    }
+    Ok(templates)
+}
 
-    pub fn builtin() -> Result<TemplateCatalog, TemplateError> {
-        let mut templates = BTreeMap::new();
-        for (name, files) in BUILTIN {
-            let manifest = files.iter().find(|(path, _)| *path == "template.toml").map_or("", |(_, text)| text);
-            let version = content_version(files.iter().map(|(path, text)| (*path, text.as_bytes())));
-            let template = parse(manifest, &format!("built-in {name}"), Some(name), version)?;
-            templates.insert(template.name.clone(), template);
-        }
-        Ok(TemplateCatalog { templates })
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Template> {
-        self.templates.get(name)
-    }
-
-    /// Names, sorted, for "unknown template" errors.
-    pub fn names(&self) -> Vec<&str> {
-        self.templates.keys().map(String::as_str).collect()
-    }
+/// Parses one template directory's files (paths relative to it).
+pub fn template_from_files(name: &str, files: &[(String, Vec<u8>)]) -> Result<Template, TemplateError> {
+    let manifest = files
+        .iter()
+        .find(|(path, _)| path == "template.toml")
+        .ok_or_else(|| TemplateError::Invalid { origin: format!("{name}/template.toml"), message: "missing".into() })?;
+    let text = String::from_utf8_lossy(&manifest.1).into_owned();
+    let version = content_version(files.iter().map(|(path, content)| (path.as_str(), content.as_slice())));
+    parse(&text, &format!("{name}/template.toml"), Some(name), version)
 }
 
 /// Every regular file under `dir`, as (relative path, content), recursing into subdirectories.
@@ -195,6 +215,8 @@ fn parse(text: &str, origin: &str, expected_name: Option<&str>, version: String)
         env: manifest.env,
         capabilities: manifest.capabilities,
         version,
+        checkout: manifest.checkout.filter(|c| !c.is_empty()),
+        local_smoke_test: manifest.local.smoke_test.filter(|c| !c.trim().is_empty()),
     })
 }
 
@@ -204,15 +226,23 @@ mod tests {
 
     #[test]
     fn builtin_templates_parse_and_match_the_repository() {
-        let builtin = TemplateCatalog::builtin().unwrap();
-        assert_eq!(builtin.names(), ["infrastructure", "worker"]);
-        let from_dir = TemplateCatalog::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../templates"))).unwrap();
-        assert_eq!(from_dir.names(), builtin.names());
-        for name in builtin.names() {
-            assert_eq!(from_dir.get(name).unwrap().version, builtin.get(name).unwrap().version, "{name}");
-            assert!(!builtin.get(name).unwrap().capabilities.is_empty(), "{name} lists its capabilities");
+        let builtin = seed_files(Path::new("/nonexistent")).unwrap();
+        let from_dir = seed_files(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../templates"))).unwrap();
+        let parse_all = |files: &[(String, Vec<u8>)]| {
+            templates_in_tree(files.iter().map(|(p, c)| (p.as_str(), c.as_slice()))).unwrap()
+        };
+        let (builtin, from_dir) = (parse_all(&builtin), parse_all(&from_dir));
+        let names: Vec<_> = builtin.iter().map(|(t, _)| t.name.as_str()).collect();
+        assert_eq!(names, ["infrastructure", "worker"]);
+        for ((a, _), (b, _)) in builtin.iter().zip(&from_dir) {
+            assert_eq!(a.name, b.name);
+            assert_eq!(a.version, b.version, "{}", a.name);
+            assert!(!a.capabilities.is_empty(), "{} lists its capabilities", a.name);
+            assert!(a.local_smoke_test.is_some(), "{} says what `local` smoke-tests", a.name);
         }
-        assert!(!builtin.get("infrastructure").unwrap().network, "infrastructure sandboxes have no network");
+        let infrastructure = &builtin[0].0;
+        assert!(!infrastructure.network, "infrastructure sandboxes have no network");
+        assert_eq!(infrastructure.checkout.as_deref(), Some("worker"));
     }
 
     #[test]

@@ -1,0 +1,199 @@
+//! After a human approval: merge at the approved head, build each touched template, smoke-test
+//! the new version in a fresh sandbox, promote it — or leave the previous version active and
+//! record why. Every step's outcome lands in the change record and the audit log.
+
+use std::time::SystemTime;
+
+use agentstudio_proto::sandbox::v1 as pb;
+
+use super::{ChangeRecord, ChangeState, Changes, smoke};
+use crate::broker_client::describe;
+use crate::store::{ApprovalRow, CapabilityRow, MemoryRow};
+
+/// Build log lines kept for the change's detail when a build fails.
+const BUILD_LOG_TAIL_LINES: usize = 20;
+
+impl Changes {
+    pub(super) async fn run_pipeline(&self, mut record: ChangeRecord, approval: ApprovalRow) -> ChangeRecord {
+        let _one_at_a_time = self.inner.pipeline.lock().await;
+        let number = record.pr.number;
+        let outcome = self.merge_build_promote(&mut record, &approval).await;
+        let (state, detail) = match outcome {
+            Ok(detail) => (ChangeState::Promoted, detail),
+            Err((state, detail)) => (state, detail),
+        };
+        record.state = state;
+        record.state_detail = detail.clone();
+        if let Err(error) = self.save(&record).await {
+            tracing::error!(pr = number, %error, "cannot record the outcome of a change");
+        }
+        self.audit("stu", "change_pipeline", number, &format!("{}: {detail}", state.as_str()), "").await;
+        tracing::info!(pr = number, state = state.as_str(), %detail, "change pipeline settled");
+        record
+    }
+
+    async fn merge_build_promote(
+        &self,
+        record: &mut ChangeRecord,
+        approval: &ApprovalRow,
+    ) -> Result<String, (ChangeState, String)> {
+        let broker = &self.inner.broker;
+        let number = record.pr.number;
+        // Single use, checked in the database: a second pipeline with the same approval stops here.
+        match self.inner.store.use_approval(&approval.approval_id, SystemTime::now()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err((ChangeState::MergeFailed, "the approval was already used, voided or expired".into()));
+            }
+            Err(error) => return Err((ChangeState::MergeFailed, format!("cannot use the approval: {error}"))),
+        }
+        let request = pb::MergePullRequestRequest {
+            number,
+            expected_head_sha: approval.head_sha.clone(),
+            approval: Some(pb::Approval {
+                approval_id: approval.approval_id.clone(),
+                approver: approval.approver.clone(),
+                head_sha: approval.head_sha.clone(),
+                report_digest: approval.report_digest.clone(),
+                approved_at: Some(prost_types::Timestamp::from(approval.approved_at)),
+                expires_at: Some(prost_types::Timestamp::from(approval.expires_at)),
+                override_reason: approval.override_reason.clone(),
+            }),
+        };
+        let merged = broker
+            .merge_pull_request(request)
+            .await
+            .map_err(|status| (ChangeState::MergeFailed, format!("merge refused: {}", describe(&status))))?;
+        if let Some(pr) = &merged.pull_request {
+            record.pr = super::PrSnapshot::from(pr);
+        }
+        let merge_sha = merged.merge_sha;
+        let mut done = vec![format!("merged #{number} as {}", short(&merge_sha))];
+        if record.templates.is_empty() {
+            done.push("no template directory changed: nothing to build".into());
+            return Ok(done.join("; "));
+        }
+        for template in record.templates.clone() {
+            let previous = broker
+                .list_template_versions(&template)
+                .await
+                .ok()
+                .and_then(|versions| versions.into_iter().find(|v| v.active));
+            let version = self.build(&template, &merge_sha, number).await?;
+            record.version_ids.push(version.version_id.clone());
+            if previous.as_ref().is_some_and(|p| p.version_id == version.version_id) {
+                done.push(format!("{template} unchanged ({})", version.version_id));
+                continue;
+            }
+            let smoke = smoke::run(broker, &template, &version).await;
+            if !smoke.passed {
+                return Err((
+                    ChangeState::SmokeTestFailed,
+                    format!(
+                        "{}; built {template} {} but its smoke test failed ({}): {} — the previous version stays active",
+                        done.join("; "),
+                        version.version_id,
+                        smoke.outcome,
+                        smoke.output_tail.trim()
+                    ),
+                ));
+            }
+            broker.promote_template(&template, &version.version_id).await.map_err(|status| {
+                (ChangeState::BuildFailed, format!("promoting {} failed: {}", version.version_id, describe(&status)))
+            })?;
+            self.remember_capabilities(&template, &version, previous.as_ref(), number, &smoke).await;
+            done.push(format!("built, smoke-tested and promoted {template} {}", version.version_id));
+        }
+        Ok(done.join("; "))
+    }
+
+    async fn build(
+        &self,
+        template: &str,
+        git_sha: &str,
+        pr_number: u64,
+    ) -> Result<pb::TemplateVersion, (ChangeState, String)> {
+        let request =
+            pb::BuildTemplateRequest { template: template.to_owned(), git_sha: git_sha.to_owned(), pr_number };
+        let failed = |detail: String| (ChangeState::BuildFailed, detail);
+        let mut stream = self
+            .inner
+            .broker
+            .build_template(request)
+            .await
+            .map_err(|status| failed(format!("build of {template} refused: {}", describe(&status))))?;
+        let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        loop {
+            match stream.message().await {
+                Ok(Some(pb::BuildTemplateEvent { event: Some(pb::build_template_event::Event::Log(line)) })) => {
+                    tracing::debug!(%template, %line, "build");
+                    if tail.len() == BUILD_LOG_TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+                Ok(Some(pb::BuildTemplateEvent { event: Some(pb::build_template_event::Event::Version(version)) })) => {
+                    if version.status == pb::TemplateVersionStatus::Built as i32 {
+                        return Ok(version);
+                    }
+                    return Err(failed(format!("build of {template} failed: {}", version.error)));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let log = tail.into_iter().collect::<Vec<_>>().join(" | ");
+                    return Err(failed(format!("build of {template} ended without a version; log: {log}")));
+                }
+                Err(status) => return Err(failed(format!("build of {template} failed: {}", describe(&status)))),
+            }
+        }
+    }
+
+    /// Records what the new version can do that the previous could not, with the evidence.
+    async fn remember_capabilities(
+        &self,
+        template: &str,
+        version: &pb::TemplateVersion,
+        previous: Option<&pb::TemplateVersion>,
+        pr_number: u64,
+        smoke: &smoke::SmokeResult,
+    ) {
+        let evidence =
+            format!("smoke test `{}` passed in {} ({})", version.smoke_test, version.version_id, smoke.outcome);
+        let before: Vec<&String> = previous.map(|p| p.capabilities.iter().collect()).unwrap_or_default();
+        for name in version.capabilities.iter().filter(|c| !before.contains(c)) {
+            let row = CapabilityRow {
+                name: name.clone(),
+                description: format!("arrived with pull request #{pr_number}"),
+                template: template.to_owned(),
+                since_version: version.version_id.clone(),
+                since: SystemTime::now(),
+                pr_number,
+                evidence: evidence.clone(),
+            };
+            let _ = self.inner.store.record_capability(&row).await;
+            let memory = MemoryRow {
+                key: format!("capability:{template}:{name}"),
+                content: format!(
+                    "{template} template version {} (PR #{pr_number}) can do {name}; evidence: {evidence}",
+                    version.version_id
+                ),
+                source: "stu".into(),
+                created_at: SystemTime::now(),
+                updated_at: SystemTime::now(),
+            };
+            let _ = self.inner.store.remember(&memory).await;
+        }
+        let active = MemoryRow {
+            key: format!("template:{template}:active"),
+            content: format!("{template} is at version {} since PR #{pr_number} ({})", version.version_id, evidence),
+            source: "stu".into(),
+            created_at: SystemTime::now(),
+            updated_at: SystemTime::now(),
+        };
+        let _ = self.inner.store.remember(&active).await;
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
