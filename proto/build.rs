@@ -21,6 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("agentstudio_descriptor.bin"), file_descriptors.encode_to_vec())?;
     // `bytes` fields as `Bytes`: process output moves from spool to socket without copies.
-    tonic_prost_build::configure().bytes(".").compile_fds(file_descriptors)?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        // A build streams many log lines and ends with one version: keep the event small.
+        .boxed(".agentstudio.sandbox.v1.BuildTemplateEvent.event.version")
+        .compile_fds(file_descriptors)?;
     Ok(())
 }

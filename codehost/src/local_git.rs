@@ -199,7 +199,7 @@ impl LocalGit {
                 records.push(self.load(number).await?);
             }
         }
-        records.sort_by(|a, b| b.number.cmp(&a.number));
+        records.sort_by_key(|pr| std::cmp::Reverse(pr.number));
         Ok(records)
     }
 

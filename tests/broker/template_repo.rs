@@ -37,7 +37,7 @@ async fn build(client: &mut Client, template: &str, git_sha: &str) -> (Vec<Strin
     while let Some(event) = stream.message().await.unwrap() {
         match event.event.unwrap() {
             pb::build_template_event::Event::Log(line) => log.push(line),
-            pb::build_template_event::Event::Version(version) => return (log, version),
+            pb::build_template_event::Event::Version(version) => return (log, *version),
         }
     }
     panic!("build ended without a version: {log:?}");

@@ -11,6 +11,7 @@ mod postgres;
 mod brains;
 mod orchestration;
 mod persistence;
+mod self_improvement;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -102,7 +102,10 @@ pub fn analyse<'w>(pipelines: &'w [Pipeline]) -> (Vec<Download<'w>>, Vec<Downloa
                     }
                 } else if fetched.target.as_deref().is_some_and(in_bin_dir) {
                     let user = fetched.url_word;
-                    report(DownloadUse { download: fetched.clone(), used: Use::Binary, user, checksum_verified }, &mut uses);
+                    report(
+                        DownloadUse { download: fetched.clone(), used: Use::Binary, user, checksum_verified },
+                        &mut uses,
+                    );
                 }
                 downloads.push(fetched);
                 continue;

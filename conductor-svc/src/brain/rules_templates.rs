@@ -16,12 +16,16 @@ pub(super) enum Intent {
 /// What the infrastructure worker runs to report what the worker template installs.
 const ANALYZE_TASK: &str = r#"cd worker || exit 1
 echo "Base image:"; grep -E '^FROM ' Dockerfile | sed 's/^/  /'
-echo "apt packages:"; awk '/apt-get install/{on=1;next} on&&/&&/{on=0} on{gsub(/[\\ ]/,""); if($0!="") print "  "$0}' Dockerfile
-echo "npm packages:"; grep -oE 'npm install -g [^&]*' Dockerfile | sed 's/npm install -g /  /'
-echo "pip packages:"; grep -oE 'pip3? install [^&]*' Dockerfile | sed 's/^/  /' || echo "  (none)"
+echo "apt packages:"
+awk 'function words(s,  n, w, i) { sub(/&&.*/, "", s); n = split(s, w, " "); for (i = 1; i <= n; i++) if (w[i] !~ /^-/ && w[i] != "\\") print "  " w[i] }
+     /apt-get install/ { on = 1; s = $0; sub(/.*apt-get install/, "", s); words(s); next }
+     on && /^[ \t]*&&/ { on = 0; next }
+     on { words($0) }' Dockerfile
+echo "npm packages:"; grep -oE 'npm install -g [^&]*' Dockerfile | sed -e 's/npm install -g /  /' -e 's/[\\"]//g'
+echo "pip packages:"; { grep -oE 'pip3? install [^&]*' Dockerfile || echo "(none)"; } | sed 's/^/  /'
 echo "Pinned versions:"; grep -E '^ARG [A-Z_]+=' Dockerfile | sed 's/^ARG /  /'
 echo "Runs as:"; grep -E '^USER ' Dockerfile | tail -1 | sed 's/^/  /'
-echo "Declared capabilities:"; grep -E '^capabilities' template.toml | sed 's/^/  /'"#;
+echo "Declared capabilities:"; grep -E '^capabilities' template.toml | sed -e 's/ *#.*//' -e 's/^/  /'"#;
 
 pub(super) fn intent(said: &str, history: &[ChatMessage]) -> Option<Intent> {
     let lower = said.to_lowercase();
@@ -108,7 +112,7 @@ fn install(lower: &str, history: &[ChatMessage]) -> Option<Intent> {
     // Before the first USER line: installs need root; the image still ends unprivileged.
     let task = format!(
         "set -e\ncd worker\n\
-         sed -i '0,/^USER /s||# {name}: installed with {manager} on request, via Stu\\n{run}\\n\\n\\&|' Dockerfile\n\
+         sed -i '0,/^USER /s||# {name}: installed with {manager} on request, via Stu\\n{run}\\n\\n&|' Dockerfile\n\
          grep -q '\"{name}\"' template.toml || sed -i 's/^capabilities = \\[\\(.*\\)\\]/capabilities = [\\1, \"{name}\"]/' template.toml\n\
          grep -n '{name}' Dockerfile template.toml"
     );
@@ -121,20 +125,10 @@ fn install(lower: &str, history: &[ChatMessage]) -> Option<Intent> {
     )
 }
 
-/// Whether vetting accepts `name` as a known package of `ecosystem`: asked of the vetting rules
-/// themselves (a one-line Dockerfile diff), so Stu questions exactly what vetting would block.
+/// Whether `name` is in vetting's shipped list for `ecosystem`: Stu questions exactly what
+/// vetting would block.
 fn known(ecosystem: Ecosystem, name: &str) -> bool {
-    let install = match ecosystem {
-        Ecosystem::Npm => format!("RUN npm install -g {name}@1.0.0"),
-        Ecosystem::Pypi => format!("RUN pip3 install {name}==1.0.0"),
-        Ecosystem::Debian => format!("RUN apt-get install -y {name}"),
-    };
-    let diff = format!(
-        "diff --git a/worker/Dockerfile b/worker/Dockerfile\n--- a/worker/Dockerfile\n+++ b/worker/Dockerfile\n@@ -1,0 +1,1 @@\n+{install}\n"
-    );
-    !vetting::vet_diff(&diff, &vetting::VetOptions::default())
-        .iter()
-        .any(|f| f.rule.starts_with("package.unknown") || f.rule.starts_with("package.typosquat"))
+    vetting::is_known_package(ecosystem, name)
 }
 
 /// Whether Stu's last reply questioned installing `name`.

@@ -134,7 +134,7 @@ impl Changes {
                 }
                 Ok(Some(pb::BuildTemplateEvent { event: Some(pb::build_template_event::Event::Version(version)) })) => {
                     if version.status == pb::TemplateVersionStatus::Built as i32 {
-                        return Ok(version);
+                        return Ok(*version);
                     }
                     return Err(failed(format!("build of {template} failed: {}", version.error)));
                 }

@@ -22,7 +22,7 @@ pub use self::model::TemplateView;
 pub use self::model::validate_env_key;
 use self::model::{CreateSandbox, EndReason, Ended, ProcessView, SandboxView, StartProcess};
 use self::process::ProcessEntry;
-use self::sandbox::SandboxEntry;
+use self::sandbox::{SandboxEntry, TemplateRef};
 use crate::config::Limits;
 use crate::provider::{ProcessSignal as Signal, ProcessSpec, SandboxProvider, SandboxSpec};
 use crate::redact::Redactor;
@@ -246,14 +246,12 @@ impl Broker {
         };
         let entry = Arc::new(SandboxEntry::new(
             sandbox_id.clone(),
-            request.template,
+            TemplateRef { name: request.template, version: version.version_id, checkout_sha },
             request.metadata,
             inner.provider.name(),
             request.idempotency_key,
             handle,
             timeout,
-            version.version_id,
-            checkout_sha,
         ));
         inner.registry.lock().expect("lock poisoned").sandboxes.insert(sandbox_id.clone(), entry.clone());
         tracing::info!(%sandbox_id, template = %entry.template, ?timeout, "sandbox created");

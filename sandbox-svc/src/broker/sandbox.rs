@@ -12,6 +12,13 @@ use super::model::{Ended, SandboxState, SandboxView};
 use super::process::ProcessEntry;
 use crate::provider::ProviderSandbox;
 
+/// Which template (and version) a sandbox was made from, and the checkout it got.
+pub(super) struct TemplateRef {
+    pub name: String,
+    pub version: String,
+    pub checkout_sha: Option<String>,
+}
+
 pub(super) struct SandboxEntry {
     pub id: String,
     pub template: String,
@@ -48,15 +55,14 @@ pub(super) struct SandboxMutable {
 impl SandboxEntry {
     pub fn new(
         id: String,
-        template: String,
+        template: TemplateRef,
         metadata: BTreeMap<String, String>,
         provider: &'static str,
         idempotency_key: Option<String>,
         handle: Arc<dyn ProviderSandbox>,
         timeout: Duration,
-        template_version: String,
-        checkout_sha: Option<String>,
     ) -> SandboxEntry {
+        let TemplateRef { name: template, version: template_version, checkout_sha } = template;
         let now = SystemTime::now();
         SandboxEntry {
             id,

@@ -61,7 +61,9 @@ impl SandboxGrpc {
                     let (smoke_test, capabilities) =
                         view.map(|v| (v.smoke_test, v.template.capabilities)).unwrap_or_default();
                     let version = convert::template_version(record, active, smoke_test, capabilities);
-                    Ok(pb::BuildTemplateEvent { event: Some(pb::build_template_event::Event::Version(version)) })
+                    Ok(pb::BuildTemplateEvent {
+                        event: Some(pb::build_template_event::Event::Version(Box::new(version))),
+                    })
                 }
                 Err(error) => {
                     let message = broker.redactor().redact_str(&error.to_string()).into_owned();

@@ -122,11 +122,14 @@ pub fn seed_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, TemplateError> {
     Ok(files)
 }
 
+/// A template directory's files: (path relative to the directory, content).
+pub type TemplateFiles = Vec<(String, Vec<u8>)>;
+
 /// The templates in a repository tree: every top-level directory holding a `template.toml`,
 /// with its files relative to that directory, parsed and content-versioned.
 pub fn templates_in_tree<'a>(
     files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-) -> Result<Vec<(Template, Vec<(String, Vec<u8>)>)>, TemplateError> {
+) -> Result<Vec<(Template, TemplateFiles)>, TemplateError> {
     let mut by_dir: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
     for (path, content) in files {
         if let Some((dir, rest)) = path.split_once('/') {

@@ -1,0 +1,345 @@
+//! The seed's self-improvement scenario end to end, offline (`rules` brain, `shell`
+//! infrastructure workers, local-git, local builder), and its guard rails: approval voided by a
+//! new push, merge without approval, a rejected PR never merging, a failing smoke test, rollback —
+//! and the same flow driven by the Claude brain against a fake model.
+
+use agentstudio_proto::conductor::v1 as pb;
+use agentstudio_proto::sandbox::v1 as sandbox_pb;
+use serde_json::json;
+use tonic::Code;
+
+use crate::common::{create, exit_of, run, stderr_of};
+use crate::*;
+
+async fn change(client: &mut Client, number: u64) -> pb::Change {
+    client.get_change(pb::GetChangeRequest { pr_number: number }).await.unwrap().into_inner().change.unwrap()
+}
+
+async fn wait_settled(client: &mut Client, number: u64) -> pb::Change {
+    for _ in 0..300 {
+        let change = change(client, number).await;
+        if change.state != pb::ChangeState::Approved as i32 {
+            return change;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("change #{number} did not settle");
+}
+
+async fn worker_versions(client: &mut Client) -> Vec<pb::TemplateVersion> {
+    let request = pb::ListTemplateVersionsRequest { template: "worker".into() };
+    client.list_template_versions(request).await.unwrap().into_inner().versions
+}
+
+#[tokio::test]
+async fn the_seed_scenario_runs_end_to_end_offline() {
+    let stack = Stack::start(|_| {}).await;
+    let mut client = stack.conductor.client().await;
+    let first_version = worker_versions(&mut client).await.into_iter().find(|v| v.active).unwrap();
+
+    // 1. Commands, spawn_infrastructure_worker among them.
+    let events = send(&mut client, "", "List your available commands").await;
+    assert!(reply_text(&events).contains("spawn_infrastructure_worker"), "{}", reply_text(&events));
+    let conversation = conversation_id(&events);
+
+    // 2. Infrastructure workers: template and code host, named.
+    let events = send(&mut client, &conversation, "Check if infrastructure workers are enabled").await;
+    let reply = reply_text(&events);
+    assert!(reply.contains("ENABLED") && reply.contains("local-git") && reply.contains("worker-template"), "{reply}");
+
+    // 3. An infrastructure worker reads the checkout and reports; no change, no PR.
+    let events = send(
+        &mut client,
+        &conversation,
+        "Spawn an infrastructure worker to analyze the current worker template Dockerfile and report what's installed",
+    )
+    .await;
+    let reply = reply_text(&events);
+    assert!(reply.contains("ubuntu:22.04") && reply.contains("nodejs") && reply.contains("claude-code"), "{reply}");
+    assert!(reply.contains("no pull request was opened"), "{reply}");
+
+    // 4. Install Playwright → PR → vetted, a human is asked.
+    let events =
+        send(&mut client, &conversation, "Install Playwright in the worker template. Create a PR with the changes.")
+            .await;
+    let reply = reply_text(&events);
+    assert!(reply.contains("Pull request #1") && reply.contains("NEEDS_HUMAN"), "{reply}");
+    assert!(reply.contains("You cannot approve it yourself") || reply.contains("human approval"), "{reply}");
+    let opened = change(&mut client, 1).await;
+    assert_eq!(opened.state, pb::ChangeState::AwaitingApproval as i32, "{}", opened.state_detail);
+    let report = opened.report.clone().unwrap();
+    assert_eq!(report.verdict, pb::Verdict::NeedsHuman as i32, "{:?}", report.findings);
+    assert!(!report.findings.iter().any(|f| f.severity == "block"), "{:?}", report.findings);
+    assert!(report.digest.starts_with("sha256:"));
+    assert_eq!(opened.requested_by, "test:alice");
+
+    let events = send(&mut client, &conversation, "Show me the PR diff").await;
+    let reply = reply_text(&events);
+    assert!(reply.contains("+RUN npm install -g playwright"), "{reply}");
+
+    // Approval comes from the person's own message, not from the model.
+    let events = send(&mut client, &conversation, "Approved. Merge and rebuild.").await;
+    let reply = reply_text(&events);
+    assert!(reply.contains("Done:") && reply.contains("promoted worker"), "{reply}");
+    let merged = change(&mut client, 1).await;
+    assert_eq!(merged.state, pb::ChangeState::Promoted as i32, "{}", merged.state_detail);
+    let approval = merged.approval.unwrap();
+    assert!(
+        approval.used
+            && approval.approver == "test:alice"
+            && approval.head_sha == opened.pull_request.unwrap().head_sha
+    );
+
+    let events = send(&mut client, &conversation, "What's the new template version?").await;
+    let reply = reply_text(&events);
+    let versions = worker_versions(&mut client).await;
+    let active = versions.iter().find(|v| v.active).unwrap();
+    assert_ne!(active.version_id, first_version.version_id);
+    assert_eq!(active.pr_number, 1);
+    assert!(reply.contains(&format!("{} [ACTIVE]", active.version_id)), "{reply}");
+
+    // The capability is remembered with its version, PR and evidence.
+    let capabilities = client.list_capabilities(pb::ListCapabilitiesRequest {}).await.unwrap().into_inner();
+    let playwright = capabilities.capabilities.iter().find(|c| c.name == "playwright").expect("playwright recorded");
+    assert_eq!((playwright.since_version.as_str(), playwright.pr_number), (active.version_id.as_str(), 1));
+    assert!(playwright.evidence.contains("smoke test"), "{}", playwright.evidence);
+
+    // The next worker runs on the new version.
+    let events = send(&mut client, &conversation, "run `echo on the new version`").await;
+    let worker = &spawned(&events)[0];
+    assert_eq!(worker.template_version, active.version_id);
+
+    // 5. An unknown package is questioned; insisting opens a PR that vetting rejects; nothing merges.
+    let events = send(&mut client, &conversation, "Install a random npm package called malicious-package").await;
+    let reply = reply_text(&events);
+    assert!(reply.contains("install malicious-package anyway") && spawned(&events).is_empty(), "{reply}");
+    let events = send(&mut client, &conversation, "Yes, install malicious-package anyway").await;
+    let reply = reply_text(&events);
+    assert!(reply.contains("Pull request #2") && reply.contains("REJECT"), "{reply}");
+    let rejected = change(&mut client, 2).await;
+    assert_eq!(rejected.state, pb::ChangeState::VettingRejected as i32);
+    let blocking: Vec<_> = rejected.report.unwrap().findings.into_iter().filter(|f| f.severity == "block").collect();
+    assert!(
+        blocking.iter().any(|f| f.rule == "package.unknown" && f.message.contains("malicious-package")),
+        "{blocking:?}"
+    );
+    let events = send(&mut client, &conversation, "approved #2").await;
+    assert!(reply_text(&events).contains("did not merge"), "{}", reply_text(&events));
+    let head = rejected.pull_request.unwrap().head_sha;
+    let err = client
+        .approve_change(pb::ApproveChangeRequest {
+            pr_number: 2,
+            head_sha: head,
+            approver: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(err.message().contains("override"), "{}", err.message());
+    let after = worker_versions(&mut client).await;
+    assert_eq!(after.iter().find(|v| v.active).unwrap().version_id, active.version_id, "nothing merged or promoted");
+    stack.conductor.stop().await;
+    stack.broker.stop().await.unwrap();
+}
+
+/// Opens a PR straight through the broker from an infrastructure sandbox running `script`.
+async fn broker_pr(stack: &Stack, script: &str, title: &str) -> (String, sandbox_pb::PullRequest) {
+    let mut broker = stack.broker.client().await;
+    let sandbox = create(&mut broker, "infrastructure").await;
+    let events = run(&mut broker, &sandbox.sandbox_id, script).await;
+    assert_eq!(exit_of(&events).unwrap().exit_code, 0, "{}", stderr_of(&events));
+    let request = sandbox_pb::ProposeChangeRequest {
+        sandbox_id: sandbox.sandbox_id.clone(),
+        title: title.into(),
+        body: String::new(),
+        pull_request_number: 0,
+    };
+    let pr = broker.propose_change(request).await.unwrap().into_inner().pull_request.unwrap();
+    (sandbox.sandbox_id, pr)
+}
+
+#[tokio::test]
+async fn approvals_bind_to_the_head_and_guard_every_merge() {
+    let stack = Stack::start(|_| {}).await;
+    let mut client = stack.conductor.client().await;
+    let (sandbox_id, pr) = broker_pr(&stack, "echo '# a comment' >> worker/Dockerfile", "Comment the Dockerfile").await;
+    let vetted = change(&mut client, pr.number).await;
+    assert_eq!(vetted.state, pb::ChangeState::AwaitingApproval as i32, "{}", vetted.state_detail);
+    let digest = vetted.report.unwrap().digest;
+
+    // A new push: the head moves; an approval of the old head is refused and nothing merges.
+    let mut broker = stack.broker.client().await;
+    run(&mut broker, &sandbox_id, "echo '# another' >> worker/Dockerfile").await;
+    let push = sandbox_pb::ProposeChangeRequest {
+        sandbox_id,
+        title: "Comment".into(),
+        body: String::new(),
+        pull_request_number: 0,
+    };
+    let pushed = broker.propose_change(push).await.unwrap().into_inner().pull_request.unwrap();
+    let approve = |head: &str, digest: &str| pb::ApproveChangeRequest {
+        pr_number: pr.number,
+        head_sha: head.into(),
+        approver: "alice".into(),
+        report_digest: digest.into(),
+        ..Default::default()
+    };
+    let err = client.approve_change(approve(&pr.head_sha, &digest)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("moved after you reviewed it"), "{}", err.message());
+    let revetted = change(&mut client, pr.number).await;
+    let report = revetted.report.unwrap();
+    assert_eq!(report.head_sha, pushed.head_sha, "the new head was vetted");
+    assert_ne!(report.digest, digest);
+    // The digest the approver saw must be the current one.
+    let err = client.approve_change(approve(&pushed.head_sha, &digest)).await.unwrap_err();
+    assert!(err.code() == Code::FailedPrecondition && err.message().contains("vetting report"), "{}", err.message());
+    // Bad input names the field.
+    let err = client
+        .approve_change(pb::ApproveChangeRequest { pr_number: pr.number, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(err.code() == Code::InvalidArgument && err.message().starts_with("approver"), "{}", err.message());
+
+    // Merge without approval at the broker: PERMISSION_DENIED.
+    let merge = sandbox_pb::MergePullRequestRequest {
+        number: pr.number,
+        expected_head_sha: pushed.head_sha.clone(),
+        approval: None,
+    };
+    let err = broker.merge_pull_request(merge).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // Approve the current head → merged, built, smoke-tested, promoted.
+    client.approve_change(approve(&pushed.head_sha, &report.digest)).await.unwrap();
+    let done = wait_settled(&mut client, pr.number).await;
+    assert_eq!(done.state, pb::ChangeState::Promoted as i32, "{}", done.state_detail);
+    // A second approval of a merged PR is refused.
+    let err = client.approve_change(approve(&pushed.head_sha, &report.digest)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    stack.conductor.stop().await;
+    stack.broker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_smoke_test_keeps_the_old_version_and_rollback_restores_any() {
+    let stack = Stack::start(|_| {}).await;
+    let mut client = stack.conductor.client().await;
+    let original = worker_versions(&mut client).await.into_iter().find(|v| v.active).unwrap();
+
+    // Promote a good change first.
+    let (_, good_pr) = broker_pr(&stack, "echo '# fine' >> worker/Dockerfile", "Fine").await;
+    change(&mut client, good_pr.number).await;
+    client
+        .approve_change(pb::ApproveChangeRequest {
+            pr_number: good_pr.number,
+            head_sha: good_pr.head_sha.clone(),
+            approver: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(wait_settled(&mut client, good_pr.number).await.state, pb::ChangeState::Promoted as i32);
+    let breaks_smoke =
+        "sed -i 's/^smoke_test = \"bash --version.*/smoke_test = \"echo checking; exit 3\"/' worker/template.toml";
+    let (_, pr) = broker_pr(&stack, breaks_smoke, "Change the smoke test").await;
+    change(&mut client, pr.number).await;
+    let request = pb::ApproveChangeRequest {
+        pr_number: pr.number,
+        head_sha: pr.head_sha.clone(),
+        approver: "alice".into(),
+        ..Default::default()
+    };
+    client.approve_change(request).await.unwrap();
+    let done = wait_settled(&mut client, pr.number).await;
+    assert_eq!(done.state, pb::ChangeState::SmokeTestFailed as i32, "{}", done.state_detail);
+    assert!(done.state_detail.contains("exit 3") && done.state_detail.contains("checking"), "{}", done.state_detail);
+    assert!(done.state_detail.contains("previous version stays active"), "{}", done.state_detail);
+    let versions = worker_versions(&mut client).await;
+    let good = versions.iter().find(|v| v.pr_number == good_pr.number).unwrap();
+    assert!(good.active, "the version before the failed one stays active: {versions:?}");
+    assert_eq!(versions.len(), 3, "the failed candidate is listed, not active");
+
+    // A rejected PR is closed and can never merge.
+    let (_, second) = broker_pr(&stack, "echo '# x' >> worker/Dockerfile", "Another").await;
+    let err = client
+        .reject_change(pb::RejectChangeRequest {
+            pr_number: second.number,
+            reason: String::new(),
+            rejected_by: "alice".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.code() == Code::InvalidArgument && err.message().starts_with("reason"), "{}", err.message());
+    let rejected = client
+        .reject_change(pb::RejectChangeRequest {
+            pr_number: second.number,
+            reason: "not needed".into(),
+            rejected_by: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .change
+        .unwrap();
+    assert_eq!(rejected.state, pb::ChangeState::Closed as i32);
+    let err = client
+        .approve_change(pb::ApproveChangeRequest {
+            pr_number: second.number,
+            head_sha: second.head_sha.clone(),
+            approver: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+
+    // Roll back past both to the original.
+    let rollback = pb::RollbackTemplateRequest {
+        template: "worker".into(),
+        version_id: original.version_id.clone(),
+        requested_by: "alice".into(),
+        reason: "testing rollback".into(),
+    };
+    let restored = client.rollback_template(rollback).await.unwrap().into_inner().version.unwrap();
+    assert!(restored.active && restored.version_id == original.version_id);
+    let mut broker = stack.broker.client().await;
+    assert_eq!(create(&mut broker, "worker").await.template_version, original.version_id);
+    stack.conductor.stop().await;
+    stack.broker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_claude_brain_drives_the_same_flow_and_cannot_approve() {
+    let fake = fake_anthropic::FakeAnthropic::start().await;
+    let stack = Stack::start(anthropic(&fake)).await;
+    let mut client = stack.conductor.client().await;
+    let task = "sed -i 's/^USER user/RUN npm install -g playwright@1.49.1\\nUSER user/' worker/Dockerfile";
+    fake.push_tool_use("spawn_infrastructure_worker", json!({ "task": task, "title": "Install Playwright" }));
+    // The review of the PR (no tools), then the model's reply after the tool result.
+    fake.push_text("Adds Playwright 1.49.1 to the worker image with npm; matches the request.");
+    fake.push_text("I opened pull request #1; it needs your approval.");
+    let events =
+        send(&mut client, "", "Install Playwright in the worker template. Create a PR with the changes.").await;
+    assert!(reply_text(&events).contains("needs your approval"), "{}", reply_text(&events));
+    let opened = change(&mut client, 1).await;
+    let report = opened.report.unwrap();
+    assert_eq!(report.verdict, pb::Verdict::NeedsHuman as i32, "{:?}", report.findings);
+    assert!(report.summary.contains("matches the request"), "{}", report.summary);
+    // The review call had no tools, and the diff reached it only as untrusted data.
+    let requests = fake.message_requests();
+    let bodies: Vec<&serde_json::Value> = requests.iter().map(|r| &r.body).collect();
+    let review = bodies.iter().find(|b| b["system"].to_string().contains("You review a pull request")).unwrap();
+    assert!(review.get("tools").is_none_or(|t| t.as_array().is_some_and(|a| a.is_empty())), "{review}");
+    assert!(review.to_string().contains("untrusted-data"), "{review}");
+    // No tool the model was offered approves or merges.
+    for body in &bodies {
+        for tool in body["tools"].as_array().into_iter().flatten() {
+            let name = tool["name"].as_str().unwrap();
+            assert!(!["approve", "merge", "promote", "rollback"].iter().any(|w| name.contains(w)), "{name}");
+        }
+    }
+    stack.conductor.stop().await;
+    stack.broker.stop().await.unwrap();
+}
