@@ -373,6 +373,43 @@ fn up_runs_both_services_as_processes_and_the_conductor_never_sees_broker_creden
         .unwrap();
     assert!(!output.status.success(), "a failed worker fails `studio send`");
 
+    // The self-improvement loop from the command line: a PR, shown, approved, promoted.
+    let stu = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_studio"))
+            .args(args)
+            .args(["--conductor", &conductor_url])
+            .arg("--conductor-data-dir")
+            .arg(data.path().join("studio/conductor"))
+            .env_remove("CONDUCTOR_AUTH_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let output = stu(&["send", "Install htop in the worker template. Create a PR with the changes."]);
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && printed.contains("Pull request #1"), "{printed}");
+    let output = stu(&["changes"]);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("#1    awaiting-approval"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let output = stu(&["approve", "1"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--yes"), "no terminal, no silent approval: {stderr}");
+    let output = stu(&["approve", "1", "--yes"]);
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        printed.contains("+RUN apt-get update") && printed.contains("vetting: NEEDS_HUMAN"),
+        "diff and report first: {printed}"
+    );
+    assert!(printed.contains("promoted:"), "{printed}");
+    let output = stu(&["templates", "versions", "worker"]);
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(printed.lines().count(), 2, "{printed}");
+    assert!(printed.lines().next().unwrap().starts_with("* built") && printed.contains("pr #1"), "{printed}");
+
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
     assert!(children_running(child.id(), "conductor").is_empty() && children_running(child.id(), "broker").is_empty());
