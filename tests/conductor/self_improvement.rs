@@ -129,7 +129,7 @@ async fn the_seed_scenario_runs_end_to_end_offline() {
     let err = client
         .approve_change(pb::ApproveChangeRequest {
             pr_number: 2,
-            head_sha: head,
+            head_sha: head.clone(),
             approver: "bob".into(),
             ..Default::default()
         })
@@ -139,6 +139,22 @@ async fn the_seed_scenario_runs_end_to_end_offline() {
     assert!(err.message().contains("override"), "{}", err.message());
     let after = worker_versions(&mut client).await;
     assert_eq!(after.iter().find(|v| v.active).unwrap().version_id, active.version_id, "nothing merged or promoted");
+    // Overriding REJECT takes the explicit flag and a reason.
+    let override_request = |reason: &str| pb::ApproveChangeRequest {
+        pr_number: 2,
+        head_sha: head.clone(),
+        approver: "bob".into(),
+        override_reject: true,
+        override_reason: reason.into(),
+        ..Default::default()
+    };
+    let err = client.approve_change(override_request(" ")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    client.approve_change(override_request("internal package, reviewed by hand")).await.unwrap();
+    let overridden = wait_settled(&mut client, 2).await;
+    let approval = overridden.approval.unwrap();
+    assert_eq!(approval.override_reason, "internal package, reviewed by hand");
+    assert!(approval.used, "{}", overridden.state_detail);
     stack.conductor.stop().await;
     stack.broker.stop().await.unwrap();
 }
