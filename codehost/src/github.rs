@@ -14,6 +14,7 @@ use octocrab::Octocrab;
 use octocrab::models::{AppId, InstallationId};
 use service_kit::secret::SecretString;
 
+use crate::validate::{check_branch, check_changes, check_sha};
 use crate::{
     CodeHost, CodeHostError, CommitIdentity, FileChange, NewPullRequest, PrState, PullRequest, Result, TreeFile,
     TreeLimits,
@@ -235,39 +236,6 @@ fn check_name(field: &'static str, name: &str) -> Result<()> {
         && name != ".."
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if valid { Ok(()) } else { Err(invalid(field, format!("{name:?} is not a GitHub owner or repository name"))) }
-}
-
-/// A branch name that is also safe as URL path segments (`git/ref/heads/{branch}`).
-fn check_branch(branch: &str) -> Result<()> {
-    let valid = !branch.is_empty()
-        && branch.len() <= 200
-        && !branch.starts_with(['-', '/', '.'])
-        && !branch.ends_with(['/', '.'])
-        && !branch.ends_with(".lock")
-        && !branch.contains("..")
-        && !branch.contains("//")
-        && !branch.contains("/.")
-        && branch.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-    if valid { Ok(()) } else { Err(invalid("branch", format!("{branch:?} is not a valid branch name"))) }
-}
-
-fn check_sha(sha: &str) -> Result<()> {
-    if (7..=64).contains(&sha.len()) && sha.chars().all(|c| c.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err(invalid("sha", format!("{sha:?} is not a commit SHA")))
-    }
-}
-
-fn check_changes(changes: &[FileChange]) -> Result<()> {
-    let mut seen = std::collections::HashSet::new();
-    for change in changes {
-        crate::local_git::check_repo_path(&change.path)?;
-        if !seen.insert(change.path.as_str()) {
-            return Err(invalid("path", format!("{:?} is changed twice", change.path)));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -7,8 +7,10 @@
 pub mod github;
 pub mod local_git;
 mod model;
+mod validate;
 
 pub use model::{ChangedFile, CommitIdentity, FileChange, NewPullRequest, PrState, PullRequest, TreeFile, TreeLimits};
+pub use validate::{check_branch, check_changes, check_repo_path, check_sha};
 
 pub use github::{GitHub, GitHubAuth, GitHubOptions};
 

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
+use crate::validate::{check_branch, check_repo_path, check_sha};
 use crate::{
     ChangedFile, CodeHost, CodeHostError, CommitIdentity, FileChange, MAX_DIFF_BYTES, NewPullRequest, PrState,
     PullRequest, Result, TreeFile, TreeLimits,
@@ -138,15 +139,7 @@ impl LocalGit {
                 args.extend(["-p", parent]);
             }
             let when = format!("{} +0000", unix_now());
-            let identity_env = [
-                ("GIT_AUTHOR_NAME", identity.name.as_str()),
-                ("GIT_AUTHOR_EMAIL", identity.email.as_str()),
-                ("GIT_AUTHOR_DATE", when.as_str()),
-                ("GIT_COMMITTER_NAME", identity.name.as_str()),
-                ("GIT_COMMITTER_EMAIL", identity.email.as_str()),
-                ("GIT_COMMITTER_DATE", when.as_str()),
-            ];
-            Ok(text(self.git(&args, &identity_env, Some(message.as_bytes())).await?))
+            Ok(text(self.git(&args, &identity_env(identity, &when), Some(message.as_bytes())).await?))
         }
         .await;
         let _ = tokio::fs::remove_file(&index).await;
@@ -369,18 +362,9 @@ impl CodeHost for LocalGit {
                 )));
             }
         };
-        let identity = CommitIdentity::default();
-        let when = format!("{} +0000", unix_now());
-        let env = [
-            ("GIT_AUTHOR_NAME", identity.name.as_str()),
-            ("GIT_AUTHOR_EMAIL", identity.email.as_str()),
-            ("GIT_AUTHOR_DATE", when.as_str()),
-            ("GIT_COMMITTER_NAME", identity.name.as_str()),
-            ("GIT_COMMITTER_EMAIL", identity.email.as_str()),
-            ("GIT_COMMITTER_DATE", when.as_str()),
-        ];
+        let (identity, when) = (CommitIdentity::default(), format!("{} +0000", unix_now()));
         let args = ["commit-tree", tree.as_str(), "-p", base_head.as_str(), "-p", pr.head_sha.as_str()];
-        let merge = text(self.git(&args, &env, Some(message.as_bytes())).await?);
+        let merge = text(self.git(&args, &identity_env(&identity, &when), Some(message.as_bytes())).await?);
         self.update_ref(&pr.base_branch, &merge, Some(&base_head)).await?;
         pr.state = PrState::Merged;
         pr.merge_sha = Some(merge.clone());
@@ -457,6 +441,18 @@ async fn run_git(git_dir: Option<&Path>, args: &[&str], env: &[(&str, &str)], st
     Ok(output.stdout)
 }
 
+/// Who a commit is by and when, as git reads it from the environment.
+fn identity_env<'a>(identity: &'a CommitIdentity, when: &'a str) -> [(&'static str, &'a str); 6] {
+    [
+        ("GIT_AUTHOR_NAME", identity.name.as_str()),
+        ("GIT_AUTHOR_EMAIL", identity.email.as_str()),
+        ("GIT_AUTHOR_DATE", when),
+        ("GIT_COMMITTER_NAME", identity.name.as_str()),
+        ("GIT_COMMITTER_EMAIL", identity.email.as_str()),
+        ("GIT_COMMITTER_DATE", when),
+    ]
+}
+
 /// Parses `--name-status -z` and `--numstat -z` output into changed files.
 fn changed_files(statuses: &[u8], counts: &[u8]) -> Vec<ChangedFile> {
     let mut numbers = HashMap::new();
@@ -481,52 +477,6 @@ fn changed_files(statuses: &[u8], counts: &[u8]) -> Vec<ChangedFile> {
         files.push(ChangedFile { path, status: status.to_owned(), additions, deletions });
     }
     files
-}
-
-/// A repository-relative path git will store as given: no absolute paths, `.`/`..`, `.git`,
-/// empty components or control characters (they would break the index-info line format).
-pub fn check_repo_path(path: &str) -> Result<()> {
-    let bad = |why: &str| CodeHostError::InvalidArgument { field: "path", message: format!("{path:?}: {why}") };
-    if path.is_empty() || path.starts_with('/') {
-        return Err(bad("must be a relative path"));
-    }
-    if path.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
-        return Err(bad("must not contain control characters, quotes or backslashes"));
-    }
-    for component in path.split('/') {
-        match component {
-            "" | "." | ".." => return Err(bad("must not contain empty, '.' or '..' components")),
-            c if c.eq_ignore_ascii_case(".git") => return Err(bad("must not touch .git")),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn check_branch(branch: &str) -> Result<()> {
-    let valid = !branch.is_empty()
-        && branch.len() <= 200
-        && !branch.starts_with(['-', '/'])
-        && !branch.ends_with(['/', '.'])
-        && !branch.contains("..")
-        && !branch.contains("//")
-        && branch.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-    if valid {
-        Ok(())
-    } else {
-        Err(CodeHostError::InvalidArgument {
-            field: "branch",
-            message: format!("{branch:?} is not a valid branch name"),
-        })
-    }
-}
-
-fn check_sha(sha: &str) -> Result<()> {
-    if (7..=64).contains(&sha.len()) && sha.chars().all(|c| c.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err(CodeHostError::InvalidArgument { field: "sha", message: format!("{sha:?} is not a commit SHA") })
-    }
 }
 
 fn text(bytes: Vec<u8>) -> String {

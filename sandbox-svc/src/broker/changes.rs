@@ -240,7 +240,7 @@ pub(crate) fn changes_against(
     let mut seen = std::collections::HashSet::new();
     let mut changes = Vec::new();
     for (path, entry) in exported {
-        if let Err(error) = codehost::local_git::check_repo_path(&path) {
+        if let Err(error) = codehost::check_repo_path(&path) {
             return refuse(&path, format!("cannot be committed ({error})"));
         }
         match entry {
