@@ -90,6 +90,10 @@ pub struct ConductorConfig {
     #[arg(long, env = "CONDUCTOR_HISTORY_TOKEN_BUDGET", default_value_t = 60_000)]
     pub history_token_budget: usize,
 
+    /// How long a human approval of a template change stays usable before its merge runs.
+    #[arg(long, env = "CONDUCTOR_APPROVAL_TTL", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub approval_ttl: Duration,
+
     /// Timeout of one LLM request.
     #[arg(long, env = "CONDUCTOR_LLM_TIMEOUT", value_parser = humantime::parse_duration, default_value = "120s")]
     pub llm_timeout: Duration,
@@ -190,6 +194,9 @@ impl ConductorConfig {
         }
         if b.worker_wall_time < Duration::from_secs(1) {
             return Err(ConfigError::TooSmall { name: "CONDUCTOR_WORKER_WALL_TIME (seconds)", min: 1 });
+        }
+        if self.approval_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::TooSmall { name: "CONDUCTOR_APPROVAL_TTL (seconds)", min: 1 });
         }
         Ok(())
     }

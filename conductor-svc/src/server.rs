@@ -78,7 +78,7 @@ pub async fn serve_with_ready(
     let brain = crate::brain::build(&config)?;
     let shutdown_followers = CancellationToken::new();
     let workers = Workers::new(store.clone(), broker.clone(), config.budgets.clone(), shutdown_followers.clone());
-    let changes = Changes::new(store.clone(), broker, brain.clone());
+    let changes = Changes::new(store.clone(), broker, brain.clone(), config.approval_ttl);
     let chat = Chat::new(
         store.clone(),
         workers.clone(),

@@ -5,6 +5,11 @@
 mod common;
 
 mod files;
+mod github;
+// The fake GitHub of codehost's tests; this suite uses part of it.
+#[allow(dead_code)]
+#[path = "../../codehost/tests/support/mod.rs"]
+mod github_support;
 mod lifecycle;
 mod limits;
 mod processes;

@@ -21,8 +21,9 @@ use crate::broker_client::{self, BrokerClient};
 use crate::store::{ApprovalRow, AuditEntry, ChangeRow, Store, StoreError};
 pub use report::Report;
 
-/// How long a recorded approval may wait before the merge uses it.
-pub const APPROVAL_TTL: Duration = Duration::from_secs(3600);
+/// How long a recorded approval may wait before the merge uses it, unless configured
+/// (CONDUCTOR_APPROVAL_TTL).
+pub const DEFAULT_APPROVAL_TTL: Duration = Duration::from_secs(3600);
 /// Longest reason or override reason accepted.
 const MAX_REASON_BYTES: usize = 2_000;
 
@@ -188,13 +189,15 @@ struct Inner {
     store: Store,
     broker: BrokerClient,
     brain: Arc<dyn Brain>,
+    approval_ttl: Duration,
     /// One merge-build-promote at a time: template versions move in approval order.
     pipeline: tokio::sync::Mutex<()>,
 }
 
 impl Changes {
-    pub fn new(store: Store, broker: BrokerClient, brain: Arc<dyn Brain>) -> Changes {
-        Changes { inner: Arc::new(Inner { store, broker, brain, pipeline: tokio::sync::Mutex::new(()) }) }
+    pub fn new(store: Store, broker: BrokerClient, brain: Arc<dyn Brain>, approval_ttl: Duration) -> Changes {
+        let pipeline = tokio::sync::Mutex::new(());
+        Changes { inner: Arc::new(Inner { store, broker, brain, approval_ttl, pipeline }) }
     }
 
     /// Turns an infrastructure worker's edits into a vetted pull request.
@@ -283,7 +286,7 @@ impl Changes {
             pr: PrSnapshot::from(pr),
             state,
             state_detail,
-            templates: touched_templates(pr),
+            templates: touched_templates(pr, &self.template_names().await),
             version_ids: Vec::new(),
             origin,
             report,
@@ -365,7 +368,7 @@ impl Changes {
             approver: approver.to_owned(),
             override_reason: input.override_reason.trim().to_owned(),
             approved_at: now,
-            expires_at: now + APPROVAL_TTL,
+            expires_at: now + self.inner.approval_ttl,
             used_at: None,
             void_reason: String::new(),
         };
@@ -456,6 +459,14 @@ impl Changes {
         Ok(version)
     }
 
+    /// The broker's template names; while it cannot say, the two the project ships.
+    async fn template_names(&self) -> Vec<String> {
+        match self.inner.broker.list_templates().await {
+            Ok(templates) => templates.into_iter().map(|t| t.name).collect(),
+            Err(_) => vec!["worker".to_owned(), "infrastructure".to_owned()],
+        }
+    }
+
     async fn load(&self, pr_number: u64) -> Result<Option<ChangeRecord>, ChangeError> {
         self.inner.store.get_change(pr_number).await?.as_ref().map(decode).transpose()
     }
@@ -499,13 +510,12 @@ fn decode(row: &ChangeRow) -> Result<ChangeRecord, ChangeError> {
     })
 }
 
-/// Top-level directories a pull request touches that are templates (have a manifest there, or
-/// are the known template names).
-fn touched_templates(pr: &pb::PullRequest) -> Vec<String> {
+/// Top-level directories a pull request touches that are templates the broker knows.
+fn touched_templates(pr: &pb::PullRequest, known: &[String]) -> Vec<String> {
     let mut templates: Vec<String> = Vec::new();
     for file in &pr.files {
         if let Some((dir, _)) = file.path.split_once('/')
-            && matches!(dir, "worker" | "infrastructure")
+            && known.iter().any(|k| k == dir)
             && !templates.iter().any(|t| t == dir)
         {
             templates.push(dir.to_owned());
