@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conductor_svc::brain::{Block, Role};
 use conductor_svc::store::{
-    AuditEntry, CapabilityRow, ConversationRow, MemoryRow, MessageRow, Store, StoreError, WorkerFilter, WorkerKind,
-    WorkerRow, WorkerState,
+    ApprovalRow, AuditEntry, CapabilityRow, ChangeRow, ConversationRow, MemoryRow, MessageRow, Store, StoreError,
+    WorkerFilter, WorkerKind, WorkerRow, WorkerState,
 };
 
 #[derive(Clone, Copy)]
@@ -74,6 +74,7 @@ on_both_backends!(
     worker_seq_never_decreases,
     memories,
     capabilities,
+    changes_and_approvals,
     audit_log,
     state_survives_reopening,
     concurrent_appends_from_two_handles_count_every_message,
@@ -566,4 +567,68 @@ async fn connection_errors_are_clear_and_hide_the_password(kind: Kind) {
             store.close().await;
         }
     }
+}
+
+fn approval(id: &str, pr: u64, head: &str, approved: u64, expires: u64) -> ApprovalRow {
+    ApprovalRow {
+        approval_id: id.into(),
+        pr_number: pr,
+        head_sha: head.into(),
+        report_digest: format!("sha256:{head}"),
+        approver: "alice".into(),
+        override_reason: String::new(),
+        approved_at: at(approved),
+        expires_at: at(expires),
+        used_at: None,
+        void_reason: String::new(),
+    }
+}
+
+async fn changes_and_approvals(kind: Kind) {
+    let fixture = Fixture::new(kind).await;
+    let store = fixture.open().await;
+    let change = |pr: u64, conversation: &str, state: &str, millis: u64| ChangeRow {
+        pr_number: pr,
+        conversation_id: conversation.into(),
+        state: state.into(),
+        document: format!("{{\"pr\":{pr}}}"),
+        created_at: at(millis),
+        updated_at: at(millis),
+    };
+    store.save_change(&change(1, "c-1", "awaiting_approval", 1_000)).await.unwrap();
+    store.save_change(&change(2, "c-2", "awaiting_approval", 2_000)).await.unwrap();
+    // Saving again replaces state and document, keeps created_at.
+    store
+        .save_change(&ChangeRow { document: "{\"v\":2}".into(), ..change(1, "c-1", "promoted", 3_000) })
+        .await
+        .unwrap();
+    let first = store.get_change(1).await.unwrap().unwrap();
+    assert_eq!((first.state.as_str(), first.document.as_str()), ("promoted", "{\"v\":2}"));
+    assert_eq!(first.created_at, at(1_000));
+    assert!(store.get_change(9).await.unwrap().is_none());
+    let all: Vec<u64> = store.list_changes("", 0).await.unwrap().iter().map(|c| c.pr_number).collect();
+    assert_eq!(all, [1, 2], "most recently updated first");
+    let mine: Vec<u64> = store.list_changes("c-2", 0).await.unwrap().iter().map(|c| c.pr_number).collect();
+    assert_eq!(mine, [2]);
+
+    store.insert_approval(&approval("a1", 1, "aaa", 1_000, 10_000)).await.unwrap();
+    assert!(matches!(
+        store.insert_approval(&approval("a1", 1, "aaa", 1_000, 10_000)).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    // Expired at `now`: not usable.
+    assert!(!store.use_approval("a1", at(10_000)).await.unwrap());
+    // Single use.
+    assert!(store.use_approval("a1", at(5_000)).await.unwrap());
+    assert!(!store.use_approval("a1", at(5_001)).await.unwrap());
+    assert!(store.latest_approval(1).await.unwrap().unwrap().used_at.is_some());
+    // A moved head voids unused approvals of other heads only.
+    store.insert_approval(&approval("b1", 2, "old", 1_000, 10_000)).await.unwrap();
+    store.insert_approval(&approval("b2", 2, "new", 2_000, 10_000)).await.unwrap();
+    assert_eq!(store.void_approvals(2, "new", "head moved").await.unwrap(), 1);
+    assert!(!store.use_approval("b1", at(3_000)).await.unwrap(), "voided");
+    let latest = store.latest_approval(2).await.unwrap().unwrap();
+    assert_eq!((latest.approval_id.as_str(), latest.void_reason.as_str()), ("b2", ""));
+    assert!(store.use_approval("b2", at(3_000)).await.unwrap());
+    assert!(store.latest_approval(7).await.unwrap().is_none());
 }

@@ -17,7 +17,7 @@ const SHOWN_DIFF_BYTES: usize = 32 << 10;
 impl Turn {
     /// Opens the pull request for a finished infrastructure worker, vets it, and says what a
     /// person must do next. Always releases the worker's sandbox.
-    pub(super) async fn propose_change(&self, worker: &WorkerRow, title: &str, task: &str) -> String {
+    pub(super) async fn propose_change(&self, worker: &WorkerRow, title: &str) -> String {
         let inner = &self.chat.inner;
         let origin = Origin {
             conversation_id: self.conversation_id.clone(),
@@ -25,7 +25,6 @@ impl Turn {
             requested_by: self.sender.clone(),
             request: self.text.clone(),
         };
-        let _ = task;
         let result = inner.changes.propose(&worker.sandbox_id, title, origin).await;
         let _ = inner.workers.broker().kill_sandbox(&worker.sandbox_id).await;
         match result {

@@ -120,7 +120,7 @@ impl Turn {
         let mut report = worker_report(&ended);
         if kind == WorkerKind::Infrastructure && ended.state == crate::store::WorkerState::Succeeded {
             let title = string_field(input, "title").map_or_else(|| title_from(task), str::to_owned);
-            report.push_str(&self.propose_change(&ended, &title, task).await);
+            report.push_str(&self.propose_change(&ended, &title).await);
         }
         let mut outcome = ToolOutcome::ok(report);
         outcome.worker_id = Some(worker_id);
