@@ -145,6 +145,8 @@ pub async fn approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn reject(args: RejectArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args.conductor).await?;
+    // What is being rejected, said before it is closed.
+    print_change(&get(&mut client, args.pr).await?, false);
     let request =
         pb::RejectChangeRequest { pr_number: args.pr, reason: args.reason, rejected_by: args.conductor.sender() };
     let change = client.reject_change(request).await.map_err(describe)?.into_inner().change.unwrap_or_default();
