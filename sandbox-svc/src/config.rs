@@ -35,7 +35,8 @@ pub struct BrokerConfig {
     #[arg(long, env = "SANDBOX_CODE_HOST", default_value = "local-git")]
     pub code_host: String,
 
-    /// Sandbox provider: `local` (bubblewrap).
+    /// Sandbox provider: `local` (bubblewrap) or `e2b` (E2B microVMs; needs E2B_API_KEY; also
+    /// switches template builds to E2B).
     #[arg(long, env = "SANDBOX_PROVIDER", default_value = "local")]
     pub provider: String,
 
@@ -126,6 +127,70 @@ pub struct BrokerConfig {
 
     #[command(flatten)]
     pub limits: Limits,
+
+    #[command(flatten)]
+    pub e2b: E2bSettings,
+}
+
+/// The `e2b` provider and template builder (SANDBOX_PROVIDER=e2b). E2B_API_KEY is above.
+#[derive(Debug, Clone, Args)]
+pub struct E2bSettings {
+    /// E2B domain: the control plane is `https://api.<domain>`, envd `https://49983-<sandbox>.<domain>`.
+    #[arg(long = "e2b-domain", env = "E2B_DOMAIN", default_value = "e2b.app")]
+    pub domain: String,
+
+    /// Control-plane base URL (self-hosted E2B, tests). Default: `https://api.<E2B_DOMAIN>`.
+    #[arg(long = "e2b-api-url", env = "E2B_API_URL")]
+    pub api_url: Option<String>,
+
+    /// One fixed envd URL for every sandbox, which is then named by the `E2b-Sandbox-Id` and
+    /// `E2b-Sandbox-Port` headers (a self-hosted edge, tests). Default: each sandbox's own host.
+    #[arg(long = "e2b-envd-url", env = "SANDBOX_E2B_ENVD_URL")]
+    pub envd_url: Option<String>,
+
+    /// Longest one E2B API or envd request may take (not a process's run time).
+    #[arg(long = "e2b-request-timeout", env = "SANDBOX_E2B_REQUEST_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub request_timeout: Duration,
+
+    /// envd kills every process this long after it started; 0 = no such deadline (the
+    /// sandbox's own timeout still ends it). Separate from the request timeout.
+    #[arg(long = "e2b-process-deadline", env = "SANDBOX_E2B_PROCESS_DEADLINE", value_parser = humantime::parse_duration, default_value = "0s")]
+    pub process_deadline: Duration,
+
+    /// A sandbox with no process output and no broker call for this long gets its template's
+    /// idle action from E2B (also when the broker is down).
+    #[arg(long = "e2b-idle-timeout", env = "SANDBOX_E2B_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10m")]
+    pub idle_timeout: Duration,
+
+    /// Idle action per template: `kill`, `pause`, or e.g. `worker=pause,infrastructure=kill`
+    /// (a bare action, or `*=action`, is the default). A paused sandbox resumes on next use.
+    #[arg(long = "e2b-idle-policy", env = "SANDBOX_E2B_IDLE_POLICY", default_value = "kill")]
+    pub idle_policy: crate::provider::e2b::IdlePolicy,
+
+    /// E2B template names are this prefix plus the template's name; versions are tags.
+    #[arg(long = "e2b-template-prefix", env = "SANDBOX_E2B_TEMPLATE_PREFIX", default_value = "agentstudio-")]
+    pub template_prefix: String,
+
+    /// Absolute directory inside E2B sandboxes that holds the workspace (the templates make it).
+    #[arg(long = "e2b-workspace-dir", env = "SANDBOX_E2B_WORKSPACE_DIR", default_value = "/workspace")]
+    pub workspace_dir: String,
+
+    /// Marks this broker's E2B sandboxes, so a restarted broker re-adopts its own and only
+    /// those. Default: generated once and kept in the data dir (`e2b-broker-id`).
+    #[arg(long = "e2b-broker-id", env = "SANDBOX_E2B_BROKER_ID")]
+    pub broker_id: Option<String>,
+
+    /// vCPUs of E2B template builds (and the sandboxes made from them).
+    #[arg(long = "e2b-build-cpu-count", env = "SANDBOX_E2B_BUILD_CPU_COUNT", default_value_t = 2)]
+    pub build_cpu_count: u32,
+
+    /// Memory of E2B template builds (and their sandboxes), in MiB.
+    #[arg(long = "e2b-build-memory-mb", env = "SANDBOX_E2B_BUILD_MEMORY_MB", default_value_t = 1024)]
+    pub build_memory_mb: u32,
+
+    /// Longest one E2B template build may take, uploads included.
+    #[arg(long = "e2b-build-timeout", env = "SANDBOX_E2B_BUILD_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub build_timeout: Duration,
 }
 
 /// Every bound the broker enforces. Hitting one gives `RESOURCE_EXHAUSTED` naming it.
@@ -182,6 +247,10 @@ pub enum ConfigError {
     WeakToken,
     #[error("SANDBOX_LOCAL_RUN_AS: {0}")]
     RunAs(String),
+    #[error("SANDBOX_PROVIDER=e2b needs E2B_API_KEY (or E2B_API_KEY_FILE)")]
+    E2bKeyMissing,
+    #[error("{0}")]
+    E2b(String),
     #[error(transparent)]
     SecretFile(#[from] service_kit::secret::SecretFileError),
 }
@@ -224,6 +293,9 @@ impl BrokerConfig {
         if l.spool_bytes < 64 << 10 {
             return Err(ConfigError::TooSmall { name: "SANDBOX_SPOOL_BYTES", min: 64 << 10 });
         }
+        if self.provider == "e2b" {
+            self.e2b.validate(self.e2b_api_key.is_some())?;
+        }
         for (name, value) in [
             ("SANDBOX_MAX_SANDBOXES", l.max_sandboxes),
             ("SANDBOX_MAX_PROCESSES_PER_SANDBOX", l.max_processes_per_sandbox),
@@ -234,6 +306,26 @@ impl BrokerConfig {
             }
         }
         Ok(())
+    }
+
+    /// What the `e2b` provider is given; `broker_id` is used when SANDBOX_E2B_BROKER_ID is unset.
+    pub fn e2b_options(&self, broker_id: String) -> Result<crate::provider::e2b::E2bOptions, ConfigError> {
+        let e2b = &self.e2b;
+        let api_key = self.e2b_api_key.clone().ok_or(ConfigError::E2bKeyMissing)?;
+        Ok(crate::provider::e2b::E2bOptions {
+            api_url: crate::provider::e2b::E2bOptions::api_url_for(e2b.api_url.as_deref(), &e2b.domain),
+            domain: e2b.domain.clone(),
+            envd_url: e2b.envd_url.clone().filter(|u| !u.is_empty()),
+            api_key,
+            request_timeout: e2b.request_timeout,
+            process_deadline: Some(e2b.process_deadline).filter(|d| !d.is_zero()),
+            idle_timeout: e2b.idle_timeout,
+            idle_policy: e2b.idle_policy.clone(),
+            max_lifetime: self.limits.max_timeout,
+            template_prefix: e2b.template_prefix.clone(),
+            workspace_dir: e2b.workspace_dir.clone(),
+            broker_id: e2b.broker_id.clone().filter(|id| !id.is_empty()).unwrap_or(broker_id),
+        })
     }
 
     /// The host uid/gid `local` sandboxes run as; `None` = the broker's own.
@@ -308,9 +400,59 @@ impl BrokerConfig {
     }
 }
 
+impl E2bSettings {
+    fn validate(&self, has_key: bool) -> Result<(), ConfigError> {
+        if !has_key {
+            return Err(ConfigError::E2bKeyMissing);
+        }
+        for (name, value) in
+            [("SANDBOX_E2B_REQUEST_TIMEOUT", self.request_timeout), ("SANDBOX_E2B_IDLE_TIMEOUT", self.idle_timeout)]
+        {
+            if value < Duration::from_secs(1) {
+                return Err(ConfigError::E2b(format!("{name} must be at least 1s")));
+            }
+        }
+        if !self.workspace_dir.starts_with('/') {
+            return Err(ConfigError::E2b(format!(
+                "SANDBOX_E2B_WORKSPACE_DIR {:?} must be absolute",
+                self.workspace_dir
+            )));
+        }
+        if self.domain.is_empty() && self.api_url.as_deref().is_none_or(str::is_empty) {
+            return Err(ConfigError::E2b("E2B_DOMAIN or E2B_API_URL must be set".into()));
+        }
+        if self.broker_id.as_deref().is_some_and(|id| id.contains(['&', '=', '\n'])) {
+            return Err(ConfigError::E2b("SANDBOX_E2B_BROKER_ID must not contain `&`, `=` or newlines".into()));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn e2b_needs_a_key_and_has_documented_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = BrokerConfig::for_tests(dir.path().join("data"));
+        config.provider = "e2b".into();
+        assert!(matches!(config.validate(), Err(ConfigError::E2bKeyMissing)));
+        config.e2b_api_key = Some(SecretString::new("e2b_test_key_0123456789"));
+        config.validate().unwrap();
+        let options = config.e2b_options("generated".into()).unwrap();
+        assert_eq!(options.api_url, "https://api.e2b.app");
+        assert_eq!(options.domain, "e2b.app");
+        assert_eq!(options.envd_url, None);
+        assert_eq!(options.request_timeout, Duration::from_secs(30));
+        assert_eq!(options.process_deadline, None);
+        assert_eq!(options.idle_timeout, Duration::from_secs(600));
+        assert_eq!(options.idle_policy.action_for("worker"), crate::provider::e2b::IdleAction::Kill);
+        assert_eq!(options.workspace_dir, "/workspace");
+        assert_eq!(options.broker_id, "generated");
+        config.e2b.workspace_dir = "workspace".into();
+        assert!(config.validate().unwrap_err().to_string().contains("absolute"));
+    }
 
     #[test]
     fn secret_files_fill_their_values_and_errors_never_show_content() {

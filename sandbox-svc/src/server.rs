@@ -16,10 +16,12 @@ use tonic_health::ServingStatus;
 use crate::broker::Broker;
 use crate::config::BrokerConfig;
 use crate::grpc::SandboxGrpc;
-use crate::provider::SandboxProvider;
+use crate::provider::e2b::E2bProvider;
 use crate::provider::local::{LocalOptions, LocalProvider};
+use crate::provider::{AdoptedSandbox, SandboxProvider};
 use crate::redact::Redactor;
 use crate::template::builder::{LocalBuilder, TemplateBuilder};
+use crate::template::e2b_builder::{E2bBuildOptions, E2bBuilder};
 use crate::template::registry::TemplateRegistry;
 use crate::template_repo::TemplateRepo;
 use service_kit::auth::BearerAuth;
@@ -90,21 +92,45 @@ pub async fn serve_with_ready(
     // their leftovers are garbage.
     remove_stale(&spool_dir)?;
     remove_stale(&workspaces_dir)?;
-    let provider: Arc<dyn SandboxProvider> = match config.provider.as_str() {
-        "local" => Arc::new(LocalProvider::new(LocalOptions {
-            workspaces_dir,
-            root_paths: config.root_paths.clone(),
-            hidden: hidden_paths(&config, &data_dir)?,
-            run_as: config.local_run_as()?,
-            unsafe_no_isolation: config.unsafe_no_isolation,
-        })?),
-        other => anyhow::bail!("unknown SANDBOX_PROVIDER {other:?}; available providers: local"),
+    // The builder follows the provider: E2B sandboxes start from E2B template builds.
+    let (provider, builder): (Arc<dyn SandboxProvider>, Arc<dyn TemplateBuilder>) = match config.provider.as_str() {
+        "local" => (
+            Arc::new(LocalProvider::new(LocalOptions {
+                workspaces_dir,
+                root_paths: config.root_paths.clone(),
+                hidden: hidden_paths(&config, &data_dir)?,
+                run_as: config.local_run_as()?,
+                unsafe_no_isolation: config.unsafe_no_isolation,
+            })?),
+            Arc::new(LocalBuilder),
+        ),
+        "e2b" => {
+            let broker_id = e2b_broker_id(&data_dir)?;
+            let provider = E2bProvider::new(config.e2b_options(broker_id)?).map_err(|e| anyhow::anyhow!(e))?;
+            let builder = E2bBuilder::new(
+                provider.control_plane(),
+                E2bBuildOptions {
+                    template_prefix: config.e2b.template_prefix.clone(),
+                    cpu_count: config.e2b.build_cpu_count,
+                    memory_mb: config.e2b.build_memory_mb,
+                    build_timeout: config.e2b.build_timeout,
+                    poll_interval: std::time::Duration::from_millis(200),
+                },
+            );
+            (Arc::new(provider), Arc::new(builder))
+        }
+        other => anyhow::bail!("unknown SANDBOX_PROVIDER {other:?}; available providers: local, e2b"),
     };
     raise_open_file_limit();
-    let repo = Arc::new(template_repository(&config, &data_dir).await?);
+    let repo = Arc::new(template_repository(&config, &data_dir, builder).await?);
 
     let limits = config.limits.clone();
     let broker = Broker::new(limits.clone(), repo, config.claude_runtime_env(), provider.clone(), redactor, spool_dir);
+    // Sandboxes of a previous run that outlived it (E2B's do; `local` ones die with the broker).
+    match provider.adopt().await {
+        Ok(adopted) => hand_over_adopted(&broker, adopted),
+        Err(error) => tracing::warn!(%error, "cannot look for sandboxes of a previous broker run"),
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SandboxServiceServer<SandboxGrpc>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
@@ -175,7 +201,11 @@ pub async fn serve_with_ready(
 
 /// The code host, the template versions and the builder, with a first version of every
 /// template active (seeding the local repository from `templates/` on first start).
-async fn template_repository(config: &BrokerConfig, data_dir: &Path) -> anyhow::Result<TemplateRepo> {
+async fn template_repository(
+    config: &BrokerConfig,
+    data_dir: &Path,
+    builder: Arc<dyn TemplateBuilder>,
+) -> anyhow::Result<TemplateRepo> {
     let code_host: Arc<dyn codehost::CodeHost> = match config.code_host.as_str() {
         "local-git" => {
             let seed: Vec<codehost::TreeFile> = crate::template::seed_files(&config.templates_dir)?
@@ -193,7 +223,6 @@ async fn template_repository(config: &BrokerConfig, data_dir: &Path) -> anyhow::
         "github" => Arc::new(github_host(config)?),
         other => anyhow::bail!("unknown SANDBOX_CODE_HOST {other:?}; available: local-git, github"),
     };
-    let builder: Arc<dyn TemplateBuilder> = Arc::new(LocalBuilder);
     let registry = Arc::new(TemplateRegistry::open(&data_dir.join("templates"))?);
     let repo = TemplateRepo::new(code_host, registry, builder, data_dir.join("templates").join("used-approvals"))?;
     repo.bootstrap().await.map_err(|e| anyhow::anyhow!("template repository: {e}"))?;
@@ -231,6 +260,38 @@ fn github_host(config: &BrokerConfig) -> anyhow::Result<codehost::GitHub> {
     };
     let host = codehost::GitHub::new(options).map_err(|e| anyhow::anyhow!("github code host: {e}"))?;
     host.with_default_branch(&config.github_branch).map_err(|e| anyhow::anyhow!("SANDBOX_GITHUB_BRANCH: {e}"))
+}
+
+/// Gives the broker the sandboxes a provider re-adopted after a restart.
+///
+/// The broker has no entry point for adopted sandboxes yet (`Broker::adopt`, see the e2b
+/// provider's notes), so for now they are logged and let go: dropping a handle stops its
+/// keeper, and E2B's idle policy then ends (or pauses) the sandbox within SANDBOX_E2B_IDLE_TIMEOUT.
+fn hand_over_adopted(broker: &Broker, adopted: Vec<AdoptedSandbox>) {
+    let _ = broker;
+    for sandbox in adopted {
+        tracing::warn!(
+            sandbox_id = %sandbox.sandbox_id,
+            template = %sandbox.template,
+            processes = sandbox.processes.len(),
+            "a sandbox of the previous broker run is still alive, but this broker cannot track it yet; it ends at its idle timeout"
+        );
+    }
+}
+
+/// This broker's E2B marker: SANDBOX_E2B_BROKER_ID, else an id generated once into the data
+/// dir, so a restart with the same data dir finds its sandboxes.
+fn e2b_broker_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("e2b-broker-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let id = format!("broker-{}", uuid::Uuid::new_v4().simple());
+    std::fs::write(&path, format!("{id}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
 }
 
 /// Concurrent HTTP/2 streams (calls) one client connection may hold open.

@@ -4,10 +4,12 @@
 //! isolated environment, runs processes in it and hands back their raw output. That split lets
 //! `local` (bubblewrap), E2B and later Docker or Kubernetes fit without touching the broker.
 
+pub mod e2b;
 pub mod local;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -105,6 +107,45 @@ pub trait SandboxProvider: Send + Sync + 'static {
     /// Creates an isolated environment for `spec`. The broker has already checked limits.
     /// Dropping the future must not leak a half-created sandbox.
     async fn create(&self, spec: SandboxSpec) -> Result<Arc<dyn ProviderSandbox>, ProviderError>;
+
+    /// Sandboxes this broker created that outlived a previous run of it (providers whose
+    /// sandboxes live outside the broker's process, like E2B), re-attached: every running
+    /// process comes back with its output channel, which starts with a notice of the gap while
+    /// the broker was down. Called once at start, before any `create`. Default: none.
+    async fn adopt(&self) -> Result<Vec<AdoptedSandbox>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    /// Whether sandboxes live on when the broker stops (E2B's do; `local` ones die with it). A
+    /// broker restarting for a deploy may then leave them running for its successor to
+    /// [`SandboxProvider::adopt`] instead of killing them.
+    fn sandboxes_outlive_broker(&self) -> bool {
+        false
+    }
+}
+
+/// A sandbox found by [`SandboxProvider::adopt`].
+pub struct AdoptedSandbox {
+    /// The broker's id for it (`SandboxSpec::sandbox_id` when it was created).
+    pub sandbox_id: String,
+    /// Template name and version it was created from.
+    pub template: String,
+    pub template_version: String,
+    /// The caller's metadata, without the provider's own markers.
+    pub metadata: BTreeMap<String, String>,
+    pub created_at: SystemTime,
+    pub handle: Arc<dyn ProviderSandbox>,
+    pub processes: Vec<AdoptedProcess>,
+}
+
+/// A process of an adopted sandbox that was still running.
+pub struct AdoptedProcess {
+    /// The id passed to [`ProviderSandbox::start_named_process`], if it was started that way.
+    pub process_id: Option<String>,
+    pub argv: Vec<String>,
+    /// Working directory inside the workspace ("" = its root).
+    pub cwd: String,
+    pub started: StartedProcess,
 }
 
 /// One live sandbox.
@@ -112,6 +153,28 @@ pub trait SandboxProvider: Send + Sync + 'static {
 pub trait ProviderSandbox: Send + Sync {
     /// Starts a process. Its output must be read whether or not anyone listens.
     async fn start_process(&self, spec: ProcessSpec) -> Result<StartedProcess, ProviderError>;
+
+    /// [`ProviderSandbox::start_process`] for a process the broker calls `process_id`: a provider
+    /// whose processes can outlive the broker records the id, so [`SandboxProvider::adopt`] can
+    /// give it back after a restart. Default: the id is not kept.
+    async fn start_named_process(&self, process_id: &str, spec: ProcessSpec) -> Result<StartedProcess, ProviderError> {
+        let _ = process_id;
+        self.start_process(spec).await
+    }
+
+    /// The broker will end the sandbox at `deadline` (on creation and whenever its timeout
+    /// changes). A provider with a lifetime of its own keeps the sandbox alive at least that long
+    /// while it is in use. Default: nothing to do.
+    async fn set_deadline(&self, deadline: SystemTime) -> Result<(), ProviderError> {
+        let _ = deadline;
+        Ok(())
+    }
+
+    /// Resolves, with the reason, once the sandbox ended without the broker asking (the
+    /// provider's idle policy killed it, someone killed it elsewhere). Never resolves by default.
+    async fn lost(&self) -> String {
+        std::future::pending().await
+    }
 
     /// Writes `content` at `path`, creating parent directories. Must refuse a path that
     /// resolves (through symlinks) outside the workspace.

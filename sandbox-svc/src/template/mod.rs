@@ -6,6 +6,7 @@
 //! build and promotion (see [`registry`]).
 
 pub mod builder;
+pub mod e2b_builder;
 pub mod registry;
 
 use std::collections::BTreeMap;
