@@ -53,7 +53,9 @@ pub enum EventBody {
         exit_code: i32,
         signal: i32,
     },
-    /// Synthesized for a reader: events before `first_available_seq` are gone. Never stored.
+    /// Events before `first_available_seq` are gone. Synthesized for a reader whose start was
+    /// dropped from the spool; also stored as a gap record where a provider lost output (an E2B
+    /// stream cut, a broker restart), in which case `first_available_seq` is the next seq.
     Truncated {
         first_available_seq: u64,
     },
@@ -150,8 +152,8 @@ impl Spool {
         self.head.subscribe()
     }
 
-    /// Appends one event and wakes readers. `Truncated` is not storable.
-    /// Returns the seq it was given.
+    /// Appends one event and wakes readers; `Truncated` is stored as a gap at this seq (its
+    /// `first_available_seq` becomes the next seq). Returns the seq it was given.
     pub fn append(&self, body: &EventBody) -> io::Result<u64> {
         let (kind, payload): (u8, Bytes) = match body {
             EventBody::Started { pid } => (1, Bytes::copy_from_slice(&pid.to_le_bytes())),
@@ -163,9 +165,7 @@ impl Spool {
                 b[4..].copy_from_slice(&signal.to_le_bytes());
                 (4, Bytes::copy_from_slice(&b))
             }
-            EventBody::Truncated { .. } => {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "truncated events are not stored"));
-            }
+            EventBody::Truncated { .. } => (5, Bytes::new()),
         };
         let record_len = (HEADER_LEN + payload.len()) as u64;
         let mut state = self.state.lock().expect("spool lock poisoned");
@@ -190,7 +190,11 @@ impl Spool {
         segment.len.store(offset + record_len, Ordering::Release);
         state.total_bytes += record_len;
         state.next_seq = seq + 1;
-        self.remember_recent(&mut state, SpooledEvent { seq, body: body.clone() }, &segment, offset + record_len);
+        let body = match body {
+            EventBody::Truncated { .. } => EventBody::Truncated { first_available_seq: seq + 1 },
+            other => other.clone(),
+        };
+        self.remember_recent(&mut state, SpooledEvent { seq, body }, &segment, offset + record_len);
         self.evict_oldest(&mut state);
         drop(state);
         self.head.send_modify(|head| head.last_seq = seq);
@@ -508,7 +512,7 @@ impl SpoolReader {
             if seq < self.next_seq {
                 continue;
             }
-            let body = decode(kind, payload)?;
+            let body = decode(seq, kind, payload)?;
             out.push(SpooledEvent { seq, body });
             self.next_seq = seq + 1;
         }
@@ -550,7 +554,7 @@ fn read_exact_uninit(file: &File, len: usize, offset: u64) -> io::Result<Bytes> 
     Ok(buf.freeze())
 }
 
-fn decode(kind: u8, payload: Bytes) -> io::Result<EventBody> {
+fn decode(seq: u64, kind: u8, payload: Bytes) -> io::Result<EventBody> {
     let corrupt = || io::Error::new(io::ErrorKind::InvalidData, format!("corrupt spool record of kind {kind}"));
     let int_at = |at: usize| -> io::Result<[u8; 4]> {
         payload.get(at..at + 4).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)
@@ -560,6 +564,7 @@ fn decode(kind: u8, payload: Bytes) -> io::Result<EventBody> {
         2 => EventBody::Stdout(payload),
         3 => EventBody::Stderr(payload),
         4 => EventBody::Exited { exit_code: i32::from_le_bytes(int_at(0)?), signal: i32::from_le_bytes(int_at(4)?) },
+        5 => EventBody::Truncated { first_available_seq: seq + 1 },
         _ => return Err(corrupt()),
     })
 }
@@ -603,6 +608,24 @@ mod tests {
         assert_eq!(events[501].body, stdout("line 500\n"));
         assert_eq!(events[1001].body, EventBody::Exited { exit_code: 3, signal: 0 });
         assert!(spool.head().finished);
+    }
+
+    #[test]
+    fn a_stored_gap_replays_as_truncated_pointing_at_the_next_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        // Tiny: the gap must survive being read back from disk, not only from the memory window.
+        let spool = Spool::create(dir.path().join("p"), 1 << 20).unwrap();
+        spool.append(&stdout("before\n")).unwrap();
+        assert_eq!(spool.append(&EventBody::Truncated { first_available_seq: 0 }).unwrap(), 2);
+        spool.append(&stdout("after\n")).unwrap();
+        spool.finish();
+        for after in [0, 1] {
+            let events = read_all(&mut spool.reader(after));
+            let gap = events.iter().find(|e| e.seq == 2).unwrap();
+            assert_eq!(gap.body, EventBody::Truncated { first_available_seq: 3 }, "after {after}");
+        }
+        let from_disk = decode(2, 5, Bytes::new()).unwrap();
+        assert_eq!(from_disk, EventBody::Truncated { first_available_seq: 3 });
     }
 
     #[test]

@@ -13,7 +13,7 @@ use agentstudio_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient
 use bytes::Bytes;
 use fake_e2b::{FAIL_MARKER, FakeE2b, Recorded};
 use sandbox_svc::BrokerConfig;
-use sandbox_svc::provider::e2b::{ControlPlane, E2bOptions, E2bProvider, IdlePolicy, NOTICE_PREFIX};
+use sandbox_svc::provider::e2b::{ControlPlane, E2bOptions, E2bProvider, IdlePolicy};
 use sandbox_svc::provider::{ProcessSpec, ProviderEvent, SandboxProvider, SandboxSpec};
 use sandbox_svc::secret::SecretString;
 use sandbox_svc::template::builder::{BuildInput, TemplateBuilder};
@@ -330,10 +330,13 @@ async fn a_cut_stream_is_reattached_without_duplicates_and_the_gap_is_reported()
     assert!(numbers.windows(2).all(|w| w[0] < w[1]), "no duplicate, no reordering: {numbers:?}");
     assert!(numbers.starts_with(&[1, 2, 3]) && numbers.last() == Some(&40), "{numbers:?}");
     let stderr = text(&events, true);
-    assert!(stderr.contains(NOTICE_PREFIX) && stderr.contains("reattached"), "the gap is reported: {stderr:?}");
-    // The notice sits where the gap is: after the frames sent before the cut.
-    let notice_at = events.iter().position(|e| matches!(&e.event, Some(Event::Stderr(_)))).unwrap();
-    let before = text(&events[..notice_at], false);
+    assert!(stderr.contains("output lost here") && stderr.contains("reattached"), "the gap is explained: {stderr:?}");
+    // A `truncated` event sits where the gap is (after the frames sent before the cut), pointing
+    // at the next seq: readers are told, never silently short.
+    let gap_at = events.iter().position(|e| matches!(&e.event, Some(Event::Truncated(_)))).expect("a truncated gap");
+    let Some(Event::Truncated(gap)) = &events[gap_at].event else { unreachable!() };
+    assert_eq!(gap.first_available_seq, events[gap_at].seq + 1);
+    let before = text(&events[..gap_at], false);
     assert!(before.starts_with("line-1\nline-2\nline-3\n") && !before.contains("line-40"), "{before:?}");
     let connect = requests(&fake, "POST", "/process.Process/Connect");
     let pid = events.iter().find_map(|e| match &e.event {
@@ -577,15 +580,14 @@ async fn a_restarted_broker_readopts_its_sandboxes_and_reports_the_gap() {
     let mut process = sandbox.processes.into_iter().next().unwrap();
     assert_eq!(process.process_id.as_deref(), Some("p1"));
     assert_eq!(process.argv, vec!["sh", "-c", script]);
-    let ProviderEvent::Stderr(notice) = next_event(&mut process.started.events).await else {
-        panic!("a gap notice first")
-    };
-    assert!(String::from_utf8_lossy(&notice).contains("the broker restarted"), "{notice:?}");
+    let ProviderEvent::Gap(notice) = next_event(&mut process.started.events).await else { panic!("a gap first") };
+    assert!(notice.contains("the broker restarted"), "{notice:?}");
     let mut ticks = Vec::new();
     loop {
         match next_event(&mut process.started.events).await {
             ProviderEvent::Stdout(data) => ticks.extend(String::from_utf8_lossy(&data).lines().map(str::to_owned)),
             ProviderEvent::Stderr(data) => panic!("unexpected stderr {data:?}"),
+            ProviderEvent::Gap(reason) => panic!("unexpected gap {reason}"),
             ProviderEvent::Exited { exit_code, signal } => {
                 assert_eq!((exit_code, signal), (4, 0));
                 break;
@@ -640,6 +642,7 @@ async fn the_idle_policy_keeps_a_busy_sandbox_and_ends_an_idle_one() {
         match next_event(&mut started.events).await {
             ProviderEvent::Stdout(data) => last = String::from_utf8_lossy(&data).trim().to_owned(),
             ProviderEvent::Stderr(data) => panic!("unexpected {data:?}"),
+            ProviderEvent::Gap(reason) => panic!("unexpected gap {reason}"),
             ProviderEvent::Exited { exit_code, signal } => {
                 assert_eq!((exit_code, signal, last.as_str()), (0, 0, "12"));
                 break;
@@ -724,7 +727,7 @@ async fn real_e2b_runs_a_process_and_moves_files() {
         loop {
             match next_event(&mut started.events).await {
                 ProviderEvent::Stdout(data) => stdout.extend_from_slice(&data),
-                ProviderEvent::Stderr(_) => {}
+                ProviderEvent::Stderr(_) | ProviderEvent::Gap(_) => {}
                 ProviderEvent::Exited { exit_code, .. } => {
                     assert_eq!(exit_code, 3);
                     break;

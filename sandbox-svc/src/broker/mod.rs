@@ -403,7 +403,7 @@ impl Broker {
             state.starting += 1;
             (process_id, spool)
         };
-        let started = self.spawn_in(&entry, &spool, &request).await;
+        let started = self.spawn_in(&entry, &process_id, &spool, &request).await;
         let (process, events, ended_meanwhile) = {
             let mut state = entry.lock();
             state.starting -= 1;
@@ -442,6 +442,7 @@ impl Broker {
     async fn spawn_in(
         &self,
         entry: &SandboxEntry,
+        process_id: &str,
         spool: &Spool,
         request: &StartProcess,
     ) -> Result<crate::provider::StartedProcess, BrokerError> {
@@ -451,7 +452,8 @@ impl Broker {
             env: request.env.clone(),
             stdin: request.stdin,
         };
-        let started = match entry.handle.start_process(spec).await {
+        // Named, so a provider whose processes outlive the broker can give the id back on adoption.
+        let started = match entry.handle.start_named_process(process_id, spec).await {
             Ok(started) => started,
             Err(error) => {
                 spool.remove();

@@ -72,6 +72,14 @@ pub(super) async fn pump(entry: Arc<ProcessEntry>, mut events: mpsc::Receiver<Pr
         match event {
             ProviderEvent::Stdout(data) => append_masked(&append, stdout.push(&data), EventBody::Stdout),
             ProviderEvent::Stderr(data) => append_masked(&append, stderr.push(&data), EventBody::Stderr),
+            ProviderEvent::Gap(reason) => {
+                // What came before the gap goes out before it.
+                flush(&mut stdout, &mut stderr);
+                append(EventBody::Truncated { first_available_seq: 0 });
+                let note = format!("\n[agent-studio] output lost here: {reason}\n");
+                append_masked(&append, redactor.redact_bytes(note.as_bytes()).into_owned().into(), EventBody::Stderr);
+                tracing::warn!(process_id = %entry.id, %reason, "process output gap recorded");
+            }
             ProviderEvent::Exited { exit_code, signal } => {
                 exit = Some((exit_code, signal));
                 break;

@@ -45,6 +45,9 @@ pub struct ProcessSpec {
 pub enum ProviderEvent {
     Stdout(Bytes),
     Stderr(Bytes),
+    /// Output was lost here (a cut stream, a broker restart), and why: the broker records a
+    /// `truncated` gap so readers are told, never silently short.
+    Gap(String),
     /// `exit_code` is -1 when a signal ended the process; `signal` is 0 when none did.
     Exited {
         exit_code: i32,

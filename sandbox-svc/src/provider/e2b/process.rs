@@ -59,7 +59,7 @@ pub(super) fn follow_process(
     let control = Arc::new(E2bProcessControl { core: core.clone(), pid, exited: exited.clone() });
     tokio::spawn(async move {
         if let Some(text) = first_notice {
-            let _ = events_tx.send(ProviderEvent::Stderr(notice(&text))).await;
+            let _ = events_tx.send(ProviderEvent::Gap(text)).await;
         }
         let exit = subscribe(&core, pid, stream, &events_tx).await;
         exited.store(true, Ordering::SeqCst);
@@ -119,7 +119,7 @@ async fn subscribe(
                 let text = format!(
                     "the output stream was cut ({why}) and reattached after {detached}; output the process wrote in between is missing"
                 );
-                events.send(ProviderEvent::Stderr(notice(&text))).await.ok()?;
+                events.send(ProviderEvent::Gap(text)).await.ok()?;
                 stream = next;
             }
             Reattached::Finished(code, signal) => return Some((code, signal)),
@@ -185,7 +185,7 @@ async fn reattach(core: &SandboxCore, pid: u32, events: &mpsc::Sender<ProviderEv
             Ok(mut stream) => match stream.next().await {
                 Ok(Some(Event::End(end))) => {
                     let text = "the output stream was cut and the process ended before it was reattached; output it wrote in between is missing";
-                    events.send(ProviderEvent::Stderr(notice(text))).await.ok()?;
+                    events.send(ProviderEvent::Gap(text.to_owned())).await.ok()?;
                     let (code, signal) = end.exit_status();
                     return Some(Reattached::Finished(code, signal));
                 }
@@ -222,7 +222,7 @@ async fn reattach(core: &SandboxCore, pid: u32, events: &mpsc::Sender<ProviderEv
                 REATTACH_WINDOW.as_secs(),
                 core.envd.scrubber().scrub(&failure)
             );
-            events.send(ProviderEvent::Stderr(notice(&text))).await.ok()?;
+            events.send(ProviderEvent::Gap(text)).await.ok()?;
             return Some(Reattached::Finished(-1, 0));
         }
         tokio::select! {
@@ -237,7 +237,7 @@ async fn reattach(core: &SandboxCore, pid: u32, events: &mpsc::Sender<ProviderEv
 /// its end event was not kept).
 async fn gone_while_detached(pid: u32, events: &mpsc::Sender<ProviderEvent>) -> Option<Reattached> {
     let text = format!("process {pid} ended while its output stream was cut; its exit status is unknown");
-    events.send(ProviderEvent::Stderr(notice(&text))).await.ok()?;
+    events.send(ProviderEvent::Gap(text)).await.ok()?;
     Some(Reattached::Finished(-1, 0))
 }
 
