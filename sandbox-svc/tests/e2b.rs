@@ -212,7 +212,7 @@ async fn create_start_stream_and_exit_through_the_broker() {
     assert_eq!(message["process"]["args"][1], "echo hello; echo oops >&2; pwd; exit 3");
     assert_eq!(message["process"]["cwd"], WORKSPACE);
     assert_eq!(message["stdin"], false);
-    assert_eq!(message["tag"], "agentstudio");
+    assert_eq!(message["tag"], "agentstudio:p1", "the broker's process id, so a restarted broker can give it back");
 
     // stdin goes through SendInput (base64 JSON) and CloseStdin.
     let mut request = start_request(&sandbox.sandbox_id, "cat; echo done");
