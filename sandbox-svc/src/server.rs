@@ -262,21 +262,15 @@ fn github_host(config: &BrokerConfig) -> anyhow::Result<codehost::GitHub> {
     host.with_default_branch(&config.github_branch).map_err(|e| anyhow::anyhow!("SANDBOX_GITHUB_BRANCH: {e}"))
 }
 
-/// Gives the broker the sandboxes a provider re-adopted after a restart.
-///
-/// The broker has no entry point for adopted sandboxes yet (`Broker::adopt`, see the e2b
-/// provider's notes), so for now they are logged and let go: dropping a handle stops its
-/// keeper, and E2B's idle policy then ends (or pauses) the sandbox within SANDBOX_E2B_IDLE_TIMEOUT.
+/// Gives the broker the sandboxes a provider re-adopted after a restart: tracked again under
+/// their ids, running processes re-followed behind a `truncated` gap.
 fn hand_over_adopted(broker: &Broker, adopted: Vec<AdoptedSandbox>) {
-    let _ = broker;
-    for sandbox in adopted {
-        tracing::warn!(
-            sandbox_id = %sandbox.sandbox_id,
-            template = %sandbox.template,
-            processes = sandbox.processes.len(),
-            "a sandbox of the previous broker run is still alive, but this broker cannot track it yet; it ends at its idle timeout"
-        );
+    if adopted.is_empty() {
+        return;
     }
+    let found = adopted.len();
+    let taken = broker.adopt(adopted);
+    tracing::info!(found, taken, "sandboxes of the previous broker run are tracked again");
 }
 
 /// This broker's E2B marker: SANDBOX_E2B_BROKER_ID, else an id generated once into the data

@@ -143,6 +143,8 @@ impl TemplateRepo {
         record.version_id = manifest.version.clone();
         if let Some(existing) = self.registry.list(template).into_iter().find(|v| v.version_id == record.version_id)
             && existing.status == VersionStatus::Built
+            // Another builder's artifact is no use to this one (a `local:` store is no E2B tag).
+            && existing.builder == self.builder.name()
         {
             let _ = log
                 .send(format!("version {} was already built from these files; reusing it", existing.version_id))
@@ -189,6 +191,14 @@ impl TemplateRepo {
         }
         let record = self.registry.activate(template, version_id).map_err(registry_error)?;
         tracing::info!(%template, %version_id, rollback, "template version activated");
+        // The builder's own marker follows in the background; a failure is logged, not undone:
+        // the broker creates sandboxes from the exact version either way.
+        let (builder, template, version_id) = (self.builder.clone(), template.to_owned(), version_id.to_owned());
+        tokio::spawn(async move {
+            if let Err(error) = builder.promote(&template, &version_id).await {
+                tracing::warn!(%template, %version_id, %error, "the builder could not mark the active version");
+            }
+        });
         Ok(record)
     }
 

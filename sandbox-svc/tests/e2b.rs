@@ -49,7 +49,11 @@ struct Broker {
 
 impl Broker {
     async fn start(fake: &FakeE2b) -> Broker {
-        let data_dir = tempfile::tempdir().unwrap();
+        Broker::start_in(fake, tempfile::tempdir().unwrap()).await
+    }
+
+    /// A broker whose data dir (and so its E2B broker id) is `data_dir`.
+    async fn start_in(fake: &FakeE2b, data_dir: tempfile::TempDir) -> Broker {
         let mut config = BrokerConfig::for_tests(data_dir.path().join("data"));
         config.auth_token = Some(SecretString::new(TOKEN));
         config.provider = "e2b".into();
@@ -79,6 +83,13 @@ impl Broker {
         };
         let client = SandboxServiceClient::with_interceptor(channel, Bearer);
         Broker { client, stop: Some(stop), task, _data_dir: data_dir }
+    }
+
+    /// Stops the broker without its orderly shutdown (sandboxes are not killed), as a crash or a
+    /// lost node would; returns its data dir for the next run.
+    fn crash(self) -> tempfile::TempDir {
+        self.task.abort();
+        self._data_dir
     }
 
     async fn stop(mut self) {
@@ -740,4 +751,55 @@ async fn real_e2b_runs_a_process_and_moves_files() {
     .await;
     sandbox.kill().await.unwrap();
     result.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_broker_tracks_its_sandboxes_again_with_the_gap_reported() {
+    let fake = FakeE2b::start().await;
+    let broker = Broker::start(&fake).await;
+    let mut client = broker.client.clone();
+    let sandbox = create(&mut client).await.unwrap();
+    let script = "i=1; while [ $i -le 60 ]; do echo tick-$i; i=$((i+1)); sleep 0.05; done; exit 4";
+    let mut stream = client.start_process(start_request(&sandbox.sandbox_id, script)).await.unwrap().into_inner();
+    // Seen live before the crash: the start and a few ticks.
+    let mut seen = 0;
+    while seen < 3 {
+        if let Some(pb::process_event::Event::Stdout(_)) = stream.message().await.unwrap().unwrap().event {
+            seen += 1;
+        }
+    }
+    drop(stream);
+    let data_dir = broker.crash();
+    let broker = Broker::start_in(&fake, data_dir).await;
+    let mut client = broker.client.clone();
+    let again = client
+        .get_sandbox(pb::GetSandboxRequest { sandbox_id: sandbox.sandbox_id.clone() })
+        .await
+        .expect("the sandbox is tracked again under its id")
+        .into_inner()
+        .sandbox
+        .unwrap();
+    assert_eq!(
+        (again.state, again.template_version.as_str()),
+        (pb::SandboxState::Running as i32, sandbox.template_version.as_str())
+    );
+    let attach =
+        pb::AttachProcessRequest { sandbox_id: sandbox.sandbox_id.clone(), process_id: "p1".into(), after_seq: 0 };
+    let events = collect(client.attach_process(attach).await.unwrap().into_inner()).await;
+    assert!(matches!(events[0].event, Some(pb::process_event::Event::Started(_))), "{:?}", events[0]);
+    assert!(
+        matches!(events[1].event, Some(pb::process_event::Event::Truncated(_))),
+        "what ran while no broker watched is a reported gap: {:?}",
+        events[1]
+    );
+    let ticks: Vec<u32> =
+        text(&events, false).lines().map(|l| l.strip_prefix("tick-").unwrap().parse().unwrap()).collect();
+    assert!(ticks.windows(2).all(|w| w[0] < w[1]) && ticks.last() == Some(&60), "{ticks:?}");
+    assert_eq!(exit(&events), (4, 0));
+    // New processes continue the numbering.
+    let next =
+        collect(client.start_process(start_request(&sandbox.sandbox_id, "echo after")).await.unwrap().into_inner())
+            .await;
+    assert_eq!(next[0].process_id, "p2");
+    broker.stop().await;
 }

@@ -3,6 +3,7 @@
 //! Transport-agnostic: the gRPC adapter (`crate::grpc`) converts requests into the types of
 //! [`model`] and calls [`Broker`]; tests can call it directly.
 
+mod adopt;
 mod changes;
 mod error;
 pub mod model;
@@ -22,7 +23,7 @@ pub use self::model::TemplateView;
 pub use self::model::validate_env_key;
 use self::model::{CreateSandbox, EndReason, Ended, ProcessView, SandboxView, StartProcess};
 use self::process::ProcessEntry;
-use self::sandbox::{SandboxEntry, TemplateRef};
+use self::sandbox::{Lifetime, SandboxEntry, TemplateRef};
 use crate::config::Limits;
 use crate::provider::{ProcessSignal as Signal, ProcessSpec, SandboxProvider, SandboxSpec};
 use crate::redact::Redactor;
@@ -251,11 +252,11 @@ impl Broker {
             inner.provider.name(),
             request.idempotency_key,
             handle,
-            timeout,
+            Lifetime { created_at: SystemTime::now(), timeout },
         ));
         inner.registry.lock().expect("lock poisoned").sandboxes.insert(sandbox_id.clone(), entry.clone());
         tracing::info!(%sandbox_id, template = %entry.template, ?timeout, "sandbox created");
-        tokio::spawn(expire_when_due(Arc::downgrade(inner), entry));
+        watch_lifetime(inner, entry);
         Ok(sandbox_id)
     }
 
@@ -321,6 +322,7 @@ impl Broker {
         self.check_timeout(timeout)?;
         let entry = self.running_entry(sandbox_id)?;
         entry.set_timeout(timeout);
+        tell_provider_deadline(&entry);
         Ok(entry.view())
     }
 
@@ -606,6 +608,38 @@ fn remember_ended(inner: &Arc<Inner>, entry: &Arc<SandboxEntry>) {
         }
         let _ = std::fs::remove_dir(inner.spool_dir.join(&old.id));
     }
+}
+
+/// Ends the sandbox at its deadline, or when the provider reports it gone on its own (an E2B
+/// idle policy, a kill from elsewhere); tells the provider the deadline.
+fn watch_lifetime(inner: &Arc<Inner>, entry: Arc<SandboxEntry>) {
+    tell_provider_deadline(&entry);
+    let lost = {
+        let (inner, entry) = (Arc::downgrade(inner), entry.clone());
+        async move {
+            tokio::select! {
+                reason = entry.handle.lost() => {
+                    let Some(inner) = inner.upgrade() else { return };
+                    let message = format!("ended outside the broker: {reason}");
+                    end_sandbox(&inner, &entry, EndReason::TimedOut, message).await;
+                }
+                () = entry.ending.cancelled() => {}
+            }
+        }
+    };
+    tokio::spawn(lost);
+    tokio::spawn(expire_when_due(Arc::downgrade(inner), entry));
+}
+
+/// A provider with a lifetime of its own keeps the sandbox at least until the broker's deadline.
+fn tell_provider_deadline(entry: &Arc<SandboxEntry>) {
+    let entry = entry.clone();
+    tokio::spawn(async move {
+        let expires_at = entry.lock().expires_at;
+        if let Err(error) = entry.handle.set_deadline(expires_at).await {
+            tracing::warn!(sandbox_id = %entry.id, %error, "the provider did not take the sandbox's deadline");
+        }
+    });
 }
 
 /// Ends the sandbox at its deadline; re-arms when the deadline moves.

@@ -19,6 +19,12 @@ pub(super) struct TemplateRef {
     pub checkout_sha: Option<String>,
 }
 
+/// When a sandbox was created and how long it may live from then.
+pub(super) struct Lifetime {
+    pub created_at: SystemTime,
+    pub timeout: Duration,
+}
+
 pub(super) struct SandboxEntry {
     pub id: String,
     pub template: String,
@@ -60,10 +66,12 @@ impl SandboxEntry {
         provider: &'static str,
         idempotency_key: Option<String>,
         handle: Arc<dyn ProviderSandbox>,
-        timeout: Duration,
+        Lifetime { created_at, timeout }: Lifetime,
     ) -> SandboxEntry {
         let TemplateRef { name: template, version: template_version, checkout_sha } = template;
-        let now = SystemTime::now();
+        let now = created_at;
+        // For an adopted sandbox created earlier, what is left of its lifetime.
+        let remaining = (now + timeout).duration_since(SystemTime::now()).unwrap_or_default();
         SandboxEntry {
             id,
             template,
@@ -74,7 +82,7 @@ impl SandboxEntry {
             handle,
             state: Mutex::new(SandboxMutable {
                 expires_at: now + timeout,
-                deadline: Instant::now() + timeout,
+                deadline: Instant::now() + remaining,
                 ended: None,
                 processes: Vec::new(),
                 starting: 0,

@@ -26,6 +26,14 @@ pub trait TemplateBuilder: Send + Sync + 'static {
     /// Builds `input`, sending log lines to `log` as it goes; returns the builder's reference to
     /// the result (an E2B tag, a store directory).
     async fn build(&self, input: BuildInput<'_>, log: &mpsc::Sender<String>) -> Result<String, BuildError>;
+
+    /// A version became active (promoted or rolled back to): move whatever marks the active one
+    /// where the builder lives (E2B's promoted tag). Sandboxes are created from explicit version
+    /// references, so this only serves others who use the builder's artifacts directly.
+    async fn promote(&self, template: &str, version_id: &str) -> Result<(), BuildError> {
+        let _ = (template, version_id);
+        Ok(())
+    }
 }
 
 /// Lints the Dockerfile and keeps the files (the registry stores them content-addressed).

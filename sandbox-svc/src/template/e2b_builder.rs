@@ -58,7 +58,7 @@ impl E2bBuilder {
 
     /// Points the template's [`PROMOTED_TAG`] at `version_id`'s build: call after the broker
     /// activates a version (promotion and rollback alike).
-    pub async fn promote(&self, template: &str, version_id: &str) -> Result<(), BuildError> {
+    pub async fn move_promoted_tag(&self, template: &str, version_id: &str) -> Result<(), BuildError> {
         let target = template_reference(&self.options.template_prefix, template, version_id);
         self.control.assign_tags(&target, &[PROMOTED_TAG]).await.map_err(|e| BuildError(e.to_string()))?;
         tracing::info!(%template, %version_id, %target, tag = PROMOTED_TAG, "e2b template tag moved");
@@ -239,6 +239,10 @@ impl E2bBuilder {
 impl TemplateBuilder for E2bBuilder {
     fn name(&self) -> &'static str {
         "e2b"
+    }
+
+    async fn promote(&self, template: &str, version_id: &str) -> Result<(), BuildError> {
+        self.move_promoted_tag(template, version_id).await
     }
 
     async fn build(&self, input: BuildInput<'_>, log: &mpsc::Sender<String>) -> Result<String, BuildError> {
