@@ -803,3 +803,35 @@ async fn a_restarted_broker_tracks_its_sandboxes_again_with_the_gap_reported() {
     assert_eq!(next[0].process_id, "p2");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn an_infrastructure_sandbox_on_e2b_gets_a_checkout_and_proposes_a_change() {
+    let fake = FakeE2b::start().await;
+    let broker = Broker::start(&fake).await;
+    let mut client = broker.client.clone();
+    let request = pb::CreateSandboxRequest { template: "infrastructure".into(), ..Default::default() };
+    let sandbox = client.create_sandbox(request).await.unwrap().into_inner().sandbox.unwrap();
+    assert!(!sandbox.checkout_sha.is_empty(), "checked out");
+    // The checkout arrived through envd's /files; the edit is an ordinary process.
+    let edit = "sed -i 's/^USER user/RUN npm install -g playwright\\nUSER user/' worker/Dockerfile && ln -s /etc/passwd worker/passwd";
+    let events =
+        collect(client.start_process(start_request(&sandbox.sandbox_id, edit)).await.unwrap().into_inner()).await;
+    assert_eq!(exit(&events), (0, 0), "{}", text(&events, true));
+    let propose = |title: &str| pb::ProposeChangeRequest {
+        sandbox_id: sandbox.sandbox_id.clone(),
+        title: title.into(),
+        body: String::new(),
+        pull_request_number: 0,
+    };
+    let err = client.propose_change(propose("With a symlink")).await.unwrap_err();
+    assert!(err.message().contains("worker/passwd") && err.message().contains("escapes"), "{}", err.message());
+    let events = collect(
+        client.start_process(start_request(&sandbox.sandbox_id, "rm worker/passwd")).await.unwrap().into_inner(),
+    )
+    .await;
+    assert_eq!(exit(&events), (0, 0));
+    let pr = client.propose_change(propose("Install Playwright")).await.unwrap().into_inner().pull_request.unwrap();
+    assert!(pr.diff.contains("+RUN npm install -g playwright"), "{}", pr.diff);
+    assert_eq!(pr.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["worker/Dockerfile"]);
+    broker.stop().await;
+}

@@ -20,6 +20,7 @@ pub mod control;
 pub mod dockerfile;
 pub mod envd;
 mod error;
+mod export;
 mod http;
 pub mod lifetime;
 mod process;

@@ -14,7 +14,7 @@ use super::envd::{Envd, Event, ProcessConfig, StartRequest};
 use super::error::envd_error;
 use super::lifetime::Lifetime;
 use super::process::follow_process;
-use crate::provider::{ProcessSpec, ProviderError, ProviderSandbox, StartedProcess};
+use crate::provider::{ExportLimits, ProcessSpec, ProviderError, ProviderSandbox, StartedProcess, WorkspaceEntry};
 use crate::workspace_path::WorkspacePath;
 
 /// How long `kill` waits for the subscribers of killed processes to report their end.
@@ -151,6 +151,21 @@ impl E2bSandbox {
     }
 }
 
+impl E2bSandbox {
+    /// A helper process of the broker's own (not tracked as one of the sandbox's processes).
+    pub(super) async fn start_process_for_export(&self, spec: ProcessSpec) -> Result<StartedProcess, ProviderError> {
+        self.start(format!("{PROCESS_TAG_PREFIX}:export"), spec).await
+    }
+
+    pub(super) async fn read_file_for_export(
+        &self,
+        path: &WorkspacePath,
+        max_bytes: u64,
+    ) -> Result<Bytes, ProviderError> {
+        self.core.envd.read_file(&self.absolute(Some(path)), max_bytes).await
+    }
+}
+
 #[async_trait]
 impl ProviderSandbox for E2bSandbox {
     async fn start_process(&self, spec: ProcessSpec) -> Result<StartedProcess, ProviderError> {
@@ -189,6 +204,12 @@ impl ProviderSandbox for E2bSandbox {
         self.core.ensure_running().await?;
         self.core.life.touch();
         self.core.envd.read_file(&self.absolute(Some(path)), max_bytes).await
+    }
+
+    async fn export_workspace(&self, limits: ExportLimits) -> Result<Vec<(String, WorkspaceEntry)>, ProviderError> {
+        self.core.ensure_running().await?;
+        self.core.life.touch();
+        self.export(limits).await
     }
 
     async fn kill(&self) -> Result<(), ProviderError> {
