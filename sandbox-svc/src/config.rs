@@ -121,6 +121,12 @@ pub struct BrokerConfig {
     #[arg(long, env = "SANDBOX_WORKER_ANTHROPIC_BASE_URL")]
     pub worker_anthropic_base_url: Option<String>,
 
+    /// On an orderly shutdown, leave sandboxes that outlive the broker (E2B's) running for the
+    /// next broker run with the same data dir / SANDBOX_E2B_BROKER_ID to adopt (rolling deploys).
+    /// Off: every sandbox is killed. `local` sandboxes die with the broker either way.
+    #[arg(long, env = "SANDBOX_KEEP_SANDBOXES_ON_SHUTDOWN", default_value_t = false)]
+    pub keep_sandboxes_on_shutdown: bool,
+
     /// How long SIGTERM waits for in-flight RPCs after killing sandboxes.
     #[arg(long, env = "SANDBOX_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
     pub shutdown_grace: Duration,

@@ -186,7 +186,11 @@ pub async fn serve_with_ready(
     // One deadline for the whole shutdown, so it ends within the grace period.
     let grace = config.shutdown_grace;
     let deadline = tokio::time::Instant::now() + grace;
-    if tokio::time::timeout_at(deadline, broker.shutdown()).await.is_err() {
+    let keep = config.keep_sandboxes_on_shutdown && provider.sandboxes_outlive_broker();
+    if keep {
+        tracing::info!("leaving sandboxes running for the next broker run (SANDBOX_KEEP_SANDBOXES_ON_SHUTDOWN)");
+        broker.stop_accepting();
+    } else if tokio::time::timeout_at(deadline, broker.shutdown()).await.is_err() {
         tracing::warn!(?grace, "sandboxes did not all end within the grace period");
     }
     stream_shutdown.cancel();

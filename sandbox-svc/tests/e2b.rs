@@ -54,6 +54,10 @@ impl Broker {
 
     /// A broker whose data dir (and so its E2B broker id) is `data_dir`.
     async fn start_in(fake: &FakeE2b, data_dir: tempfile::TempDir) -> Broker {
+        Broker::start_with(fake, data_dir, |_| {}).await
+    }
+
+    async fn start_with(fake: &FakeE2b, data_dir: tempfile::TempDir, adjust: impl FnOnce(&mut BrokerConfig)) -> Broker {
         let mut config = BrokerConfig::for_tests(data_dir.path().join("data"));
         config.auth_token = Some(SecretString::new(TOKEN));
         config.provider = "e2b".into();
@@ -61,6 +65,7 @@ impl Broker {
         config.e2b.api_url = Some(fake.api_url());
         config.e2b.envd_url = Some(fake.envd_url());
         config.e2b.workspace_dir = WORKSPACE.into();
+        adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -89,6 +94,13 @@ impl Broker {
     /// lost node would; returns its data dir for the next run.
     fn crash(self) -> tempfile::TempDir {
         self.task.abort();
+        self._data_dir
+    }
+
+    /// An orderly stop that hands back the data dir for the next run.
+    async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task).await.unwrap().unwrap().unwrap();
         self._data_dir
     }
 
@@ -833,5 +845,27 @@ async fn an_infrastructure_sandbox_on_e2b_gets_a_checkout_and_proposes_a_change(
     let pr = client.propose_change(propose("Install Playwright")).await.unwrap().into_inner().pull_request.unwrap();
     assert!(pr.diff.contains("+RUN npm install -g playwright"), "{}", pr.diff);
     assert_eq!(pr.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["worker/Dockerfile"]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_orderly_restart_can_leave_sandboxes_for_the_next_run() {
+    let fake = FakeE2b::start().await;
+    let keep = |config: &mut BrokerConfig| config.keep_sandboxes_on_shutdown = true;
+    let broker = Broker::start_with(&fake, tempfile::tempdir().unwrap(), keep).await;
+    let mut client = broker.client.clone();
+    let sandbox = create(&mut client).await.unwrap();
+    let script = "sleep 1; echo still-here; exit 5";
+    let stream = client.start_process(start_request(&sandbox.sandbox_id, script)).await.unwrap().into_inner();
+    drop(stream);
+    let data_dir = broker.stop_keeping_data().await;
+    assert_eq!(fake.sandbox_ids().len(), 1, "the sandbox outlived the orderly stop");
+    let broker = Broker::start_with(&fake, data_dir, keep).await;
+    let mut client = broker.client.clone();
+    let attach =
+        pb::AttachProcessRequest { sandbox_id: sandbox.sandbox_id.clone(), process_id: "p1".into(), after_seq: 0 };
+    let events = collect(client.attach_process(attach).await.unwrap().into_inner()).await;
+    assert_eq!(exit(&events), (5, 0));
+    assert!(text(&events, false).contains("still-here"), "{events:?}");
     broker.stop().await;
 }

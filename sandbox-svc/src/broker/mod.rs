@@ -354,6 +354,12 @@ impl Broker {
         .await
     }
 
+    /// Refuses new sandboxes from now on, leaving running ones as they are (their provider keeps
+    /// them for the next broker run to adopt).
+    pub fn stop_accepting(&self) {
+        self.inner.registry.lock().expect("lock poisoned").shutting_down = true;
+    }
+
     /// Flips to refusing new sandboxes and ends every running one.
     pub async fn shutdown(&self) {
         let entries: Vec<Arc<SandboxEntry>> = {
