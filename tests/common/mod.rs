@@ -1,4 +1,8 @@
 //! Test harness: a broker served in-process on an ephemeral loopback port, and a client for it.
+//!
+//! The broker runs the provider of the test binary including this module ([`PROVIDER`]):
+//! `local` (bubblewrap) by default, `e2b` against an in-process [`FakeE2b`] for binaries whose
+//! target name ends in `_e2b` (`tests/broker_e2b`, which runs `tests/broker`'s modules again).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -8,6 +12,7 @@ use std::time::Duration;
 use agentstudio_proto::sandbox::v1 as pb;
 use agentstudio_proto::sandbox::v1::process_event::Event;
 use agentstudio_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient;
+use fake_e2b::{FakeE2b, FakeOptions};
 use sandbox_svc::BrokerConfig;
 use sandbox_svc::secret::SecretString;
 use tokio::net::TcpListener;
@@ -33,29 +38,108 @@ pub type Client = SandboxServiceClient<InterceptedService<Channel, Interceptor>>
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
+/// A sandbox provider the broker can be tested with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    /// bubblewrap on this host.
+    Local,
+    /// E2B, played by an in-process [`FakeE2b`] (which runs commands as host processes).
+    E2b,
+}
+
+impl Provider {
+    /// `SANDBOX_PROVIDER`'s value, also what `Sandbox.provider` and the builder report.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Provider::Local => "local",
+            Provider::E2b => "e2b",
+        }
+    }
+
+    /// The provider a test binary (crate) named `crate_name` runs: `e2b` for `*_e2b`.
+    pub const fn of_test_binary(crate_name: &str) -> Provider {
+        let (name, suffix) = (crate_name.as_bytes(), b"_e2b");
+        if name.len() < suffix.len() {
+            return Provider::Local;
+        }
+        let mut i = 0;
+        while i < suffix.len() {
+            if name[name.len() - suffix.len() + i] != suffix[i] {
+                return Provider::Local;
+            }
+            i += 1;
+        }
+        Provider::E2b
+    }
+}
+
+/// The provider under test in this binary, from its crate (target) name: binaries share the
+/// test modules, so the crate is what tells them apart.
+pub const PROVIDER: Provider = Provider::of_test_binary(env!("CARGO_CRATE_NAME"));
+
+/// Where the fake E2B's sandboxes keep the workspace: its `/` is a temporary directory per
+/// sandbox whose home exists from the start.
+pub const E2B_WORKSPACE: &str = "/home/user";
+
+/// Whether a test (or its rest) that only holds for `local` should go on: false, saying why,
+/// for other providers.
+pub fn local_only(why: &str) -> bool {
+    if PROVIDER == Provider::Local {
+        return true;
+    }
+    eprintln!("skipped with provider {}: local only: {why}", PROVIDER.name());
+    false
+}
+
 pub struct TestBroker {
     pub address: std::net::SocketAddr,
     pub data_dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The E2B the broker talks to when [`PROVIDER`] is `E2b`; lives as long as the broker.
+    pub fake_e2b: Option<FakeE2b>,
 }
 
 impl TestBroker {
-    /// A broker with default limits, the test token and `adjust` applied to its config.
+    /// A broker for [`PROVIDER`] with default limits, the test token and `adjust` applied to
+    /// its config. For `E2b` a fresh fake E2B is started after `adjust`, accepting the E2B key
+    /// `adjust` set (if any), and the broker is pointed at it.
     pub async fn start(adjust: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
         let data_dir = tempfile::tempdir().expect("tempdir");
         // Traversable, so a broker running as root keeps workspaces in its data dir (tests look there).
         std::fs::set_permissions(data_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let mut config = BrokerConfig::for_tests(data_dir.path().join("data"));
         config.auth_token = Some(SecretString::new(TOKEN));
+        config.provider = PROVIDER.name().into();
+        if PROVIDER == Provider::E2b {
+            config.e2b.workspace_dir = E2B_WORKSPACE.into();
+        }
         adjust(&mut config);
+        let fake_e2b = match PROVIDER {
+            Provider::Local => None,
+            Provider::E2b => Some(point_at_a_fake_e2b(&mut config).await),
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sandbox_svc::serve(config, listener, async {
-            let _ = stopped.await;
-        }));
-        let broker = TestBroker { address, data_dir, stop: Some(stop), task };
+        let (ready, is_ready) = oneshot::channel::<()>();
+        let mut task = tokio::spawn(sandbox_svc::serve_with_ready(
+            config,
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+            move |_| {
+                let _ = ready.send(());
+            },
+        ));
+        // The first start of an `e2b` broker builds every template on the fake first.
+        tokio::select! {
+            Ok(()) = is_ready => {}
+            result = &mut task => panic!("broker stopped while starting: {result:?}"),
+            () = tokio::time::sleep(Duration::from_secs(60)) => panic!("broker not ready within 60s"),
+        }
+        let broker = TestBroker { address, data_dir, stop: Some(stop), task, fake_e2b };
         broker.wait_serving().await;
         broker
     }
@@ -101,6 +185,25 @@ impl TestBroker {
     pub fn workspaces(&self) -> std::path::PathBuf {
         self.data_dir.path().join("data/workspaces")
     }
+
+    /// The fake E2B behind an `e2b` broker.
+    pub fn fake_e2b(&self) -> &FakeE2b {
+        self.fake_e2b.as_ref().expect("an e2b broker has a fake E2B")
+    }
+}
+
+/// Starts a fake E2B accepting `config`'s E2B key (a fresh one if none is set) and points the
+/// broker's control-plane and envd URLs at it, unless `config` names others already.
+async fn point_at_a_fake_e2b(config: &mut BrokerConfig) -> FakeE2b {
+    let mut options = FakeOptions::default();
+    if let Some(key) = &config.e2b_api_key {
+        options.api_key = key.expose().to_owned();
+    }
+    let fake = FakeE2b::start_with(options).await;
+    config.e2b_api_key = Some(SecretString::new(fake.api_key()));
+    config.e2b.api_url.get_or_insert_with(|| fake.api_url());
+    config.e2b.envd_url.get_or_insert_with(|| fake.envd_url());
+    fake
 }
 
 /// Polls `check` until it holds, failing the test after 20 s.
