@@ -69,7 +69,7 @@ async fn path_escapes_are_refused() {
     let write = pb::WriteFileRequest { sandbox_id: id.clone(), path: "inside/f".into(), content: "fine".into() };
     client.write_file(write).await.unwrap();
     if local_only(
-        "BUG: with e2b, ReadFile of a FIFO hangs until the envd request timeout (30 s), then UNAVAILABLE \
+        "e2b gap: ReadFile of a FIFO waits for envd's request timeout (30 s), then UNAVAILABLE, \
          instead of INVALID_ARGUMENT `not a regular file`",
     ) {
         run(&mut client, &id, "mkfifo fifo").await;

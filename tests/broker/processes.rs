@@ -188,8 +188,8 @@ async fn stdin_can_be_written_and_closed() {
 #[tokio::test]
 async fn a_stuck_stdin_write_refuses_others_and_close_releases_it() {
     if !local_only(
-        "BUG: with e2b, a second stdin write waits behind a stuck one until the envd request timeout \
-         (30 s, then UNAVAILABLE) instead of being refused, and CloseProcessInput waits too",
+        "e2b gap: a second write is refused while one is in flight, but CloseProcessInput does not \
+         cancel a stuck write (it waits for envd's request timeout, 30 s)",
     ) {
         return;
     }
@@ -289,8 +289,8 @@ async fn list_processes_reports_argv_tag_state_and_exit_code() {
 #[tokio::test]
 async fn a_missing_program_is_reported_in_band() {
     if !local_only(
-        "BUG: with e2b, StartProcess of a missing program fails the call with INVALID_ARGUMENT \
-         blaming `cwd` instead of reporting it in-band",
+        "e2b gap: envd refuses a missing program at start, so StartProcess fails with \
+         INVALID_ARGUMENT naming `argv` instead of reporting it in-band",
     ) {
         return;
     }

@@ -56,7 +56,12 @@ pub(super) fn follow_process(
     let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let (done_tx, done_rx) = watch::channel(false);
     let exited = Arc::new(AtomicBool::new(false));
-    let control = Arc::new(E2bProcessControl { core: core.clone(), pid, exited: exited.clone() });
+    let control = Arc::new(E2bProcessControl {
+        core: core.clone(),
+        pid,
+        exited: exited.clone(),
+        writing: tokio::sync::Mutex::new(()),
+    });
     tokio::spawn(async move {
         if let Some(text) = first_notice {
             let _ = events_tx.send(ProviderEvent::Gap(text)).await;
@@ -255,6 +260,8 @@ struct E2bProcessControl {
     core: Arc<SandboxCore>,
     pid: u32,
     exited: Arc<AtomicBool>,
+    /// One stdin write at a time: a write goes out in chunks, and two must not interleave.
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl E2bProcessControl {
@@ -271,6 +278,9 @@ impl E2bProcessControl {
 #[async_trait]
 impl ProcessControl for E2bProcessControl {
     async fn write_stdin(&self, data: Bytes) -> Result<(), ProviderError> {
+        let _one_at_a_time = self.writing.try_lock().map_err(|_| {
+            ProviderError::FailedPrecondition("a stdin write to this process is still in progress".into())
+        })?;
         self.ready().await?;
         for chunk in data.chunks(STDIN_CHUNK_BYTES) {
             self.core

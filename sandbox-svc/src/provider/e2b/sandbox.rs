@@ -124,8 +124,12 @@ impl E2bSandbox {
             tag: Some(tag),
         };
         let scrubber = self.core.envd.scrubber();
-        let mut stream =
-            self.core.envd.start(&request).await.map_err(|e| envd_error("start process", "cwd", &e, scrubber))?;
+        let mut stream = self
+            .core
+            .envd
+            .start(&request)
+            .await
+            .map_err(|e| envd_error("start process", start_field(&e), &e, scrubber))?;
         let first = tokio::time::timeout(self.request_timeout, stream.next()).await.map_err(|_| {
             ProviderError::Unavailable(format!(
                 "e2b envd start process: no start event within {}s",
@@ -140,7 +144,9 @@ impl E2bSandbox {
                 )));
             }
             Ok(None) => return Err(ProviderError::Unavailable("e2b envd start process: stream ended at once".into())),
-            Err(StreamError::Failed(error)) => return Err(envd_error("start process", "cwd", &error, scrubber)),
+            Err(StreamError::Failed(error)) => {
+                return Err(envd_error("start process", start_field(&error), &error, scrubber));
+            }
             Err(error) => {
                 return Err(ProviderError::Unavailable(scrubber.scrub(&format!("e2b envd start process: {error}"))));
             }
@@ -164,6 +170,12 @@ impl E2bSandbox {
     ) -> Result<Bytes, ProviderError> {
         self.core.envd.read_file(&self.absolute(Some(path)), max_bytes).await
     }
+}
+
+/// Which request field a refused start is about: envd names the cwd when that is the problem;
+/// anything else (a program that does not exist) is about argv.
+fn start_field(error: &super::connect::ConnectError) -> &'static str {
+    if error.message.contains("cwd") { "cwd" } else { "argv" }
 }
 
 #[async_trait]
