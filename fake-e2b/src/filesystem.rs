@@ -54,10 +54,20 @@ fn expand(path: &str, user: &str) -> String {
 
 /// Go's `os.FileMode.String()`: type letter, then `rwx` triplets.
 fn permissions(metadata: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let file_type = metadata.file_type();
     let kind = if metadata.is_dir() {
         'd'
-    } else if metadata.file_type().is_symlink() {
+    } else if file_type.is_symlink() {
         'L'
+    } else if file_type.is_fifo() {
+        'p'
+    } else if file_type.is_socket() {
+        'S'
+    } else if file_type.is_char_device() {
+        'c'
+    } else if file_type.is_block_device() {
+        'D'
     } else {
         '-'
     };

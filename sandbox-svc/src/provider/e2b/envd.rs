@@ -347,6 +347,17 @@ impl Envd {
         self.unary("process.Process/SendSignal", &request).await
     }
 
+    /// `filesystem.Filesystem/Stat`: the entry's `type` (`FILE_TYPE_…`) and `permissions` (Go's
+    /// `FileMode` string: a leading `p`, `S`, `D` or `c` is a FIFO, socket or device).
+    pub async fn stat(&self, path: &str) -> Result<(String, String), ConnectError> {
+        let call = self.request(reqwest::Method::POST, "filesystem.Filesystem/Stat");
+        let response: serde_json::Value =
+            connect::unary(call, &serde_json::json!({ "path": path }), self.request_timeout).await?;
+        let entry = &response["entry"];
+        let text = |field: &str| entry[field].as_str().unwrap_or_default().to_owned();
+        Ok((text("type"), text("permissions")))
+    }
+
     /// `filesystem.Filesystem/MakeDir`; an existing directory is fine.
     pub async fn make_dir(&self, path: &str) -> Result<(), ConnectError> {
         match self.unary("filesystem.Filesystem/MakeDir", &serde_json::json!({ "path": path })).await {

@@ -215,7 +215,20 @@ impl ProviderSandbox for E2bSandbox {
     async fn read_file(&self, path: &WorkspacePath, max_bytes: u64) -> Result<Bytes, ProviderError> {
         self.core.ensure_running().await?;
         self.core.life.touch();
-        self.core.envd.read_file(&self.absolute(Some(path)), max_bytes).await
+        let absolute = self.absolute(Some(path));
+        // A FIFO would hold `/files` open until the request times out: refuse what is no file.
+        // (An envd without Stat just reads.)
+        if let Ok((kind, permissions)) = self.core.envd.stat(&absolute).await {
+            let invalid =
+                |why: &str| ProviderError::InvalidArgument { field: "path", message: format!("{path:?} {why}") };
+            if kind == "FILE_TYPE_DIRECTORY" {
+                return Err(invalid("is a directory"));
+            }
+            if permissions.starts_with(['p', 'S', 'D', 'c']) {
+                return Err(invalid("is not a regular file (a FIFO, socket or device)"));
+            }
+        }
+        self.core.envd.read_file(&absolute, max_bytes).await
     }
 
     async fn export_workspace(&self, limits: ExportLimits) -> Result<Vec<(String, WorkspaceEntry)>, ProviderError> {
