@@ -288,12 +288,6 @@ async fn list_processes_reports_argv_tag_state_and_exit_code() {
 
 #[tokio::test]
 async fn a_missing_program_is_reported_in_band() {
-    if !local_only(
-        "e2b gap: envd refuses a missing program at start, so StartProcess fails with \
-         INVALID_ARGUMENT naming `argv` instead of reporting it in-band",
-    ) {
-        return;
-    }
     let broker = TestBroker::start(|_| {}).await;
     let mut client = broker.client().await;
     let sandbox = create(&mut client, "worker").await;

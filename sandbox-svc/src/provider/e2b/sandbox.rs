@@ -124,12 +124,14 @@ impl E2bSandbox {
             tag: Some(tag),
         };
         let scrubber = self.core.envd.scrubber();
-        let mut stream = self
-            .core
-            .envd
-            .start(&request)
-            .await
-            .map_err(|e| envd_error("start process", start_field(&e), &e, scrubber))?;
+        let program = request.process.cmd.clone();
+        let mut stream = match self.core.envd.start(&request).await {
+            Ok(stream) => stream,
+            Err(error) if refused_program(&error) => {
+                return Ok(refused_in_band(&program, &scrubber.scrub(&error.message)));
+            }
+            Err(error) => return Err(envd_error("start process", start_field(&error), &error, scrubber)),
+        };
         let first = tokio::time::timeout(self.request_timeout, stream.next()).await.map_err(|_| {
             ProviderError::Unavailable(format!(
                 "e2b envd start process: no start event within {}s",
@@ -144,6 +146,9 @@ impl E2bSandbox {
                 )));
             }
             Ok(None) => return Err(ProviderError::Unavailable("e2b envd start process: stream ended at once".into())),
+            Err(StreamError::Failed(error)) if refused_program(&error) => {
+                return Ok(refused_in_band(&program, &scrubber.scrub(&error.message)));
+            }
             Err(StreamError::Failed(error)) => {
                 return Err(envd_error("start process", start_field(&error), &error, scrubber));
             }
@@ -169,6 +174,40 @@ impl E2bSandbox {
         max_bytes: u64,
     ) -> Result<Bytes, ProviderError> {
         self.core.envd.read_file(&self.absolute(Some(path)), max_bytes).await
+    }
+}
+
+/// envd could not start the program itself (not found, not executable): like a shell, the
+/// broker reports that in-band as the process's stderr and exit 127, so callers handle one case.
+fn refused_program(error: &super::connect::ConnectError) -> bool {
+    start_field(error) == "argv" && error.message.contains("starting process")
+}
+
+fn refused_in_band(program: &str, why: &str) -> StartedProcess {
+    use crate::provider::ProviderEvent;
+    let (events, receiver) = tokio::sync::mpsc::channel(2);
+    let message = format!("{program}: cannot run: {why}\n");
+    // Capacity 2 holds both: nothing waits.
+    let _ = events.try_send(ProviderEvent::Stderr(Bytes::from(message)));
+    let _ = events.try_send(ProviderEvent::Exited { exit_code: 127, signal: 0 });
+    StartedProcess { pid: 0, events: receiver, control: Arc::new(NeverStarted) }
+}
+
+/// The control of a process envd never started.
+struct NeverStarted;
+
+#[async_trait]
+impl crate::provider::ProcessControl for NeverStarted {
+    async fn write_stdin(&self, _data: Bytes) -> Result<(), ProviderError> {
+        Err(ProviderError::FailedPrecondition("the process never started".into()))
+    }
+
+    async fn close_stdin(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    async fn signal(&self, _signal: crate::provider::ProcessSignal) -> Result<(), ProviderError> {
+        Ok(())
     }
 }
 
