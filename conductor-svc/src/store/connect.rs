@@ -31,6 +31,10 @@ enum Target {
     Postgres(PgConnectOptions),
 }
 
+/// Held while a SQLite file store is opened and migrated: within this process (one conductor per
+/// SQLite file) stores open one at a time.
+static SQLITE_OPENING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub(super) async fn open(url: &str) -> Result<Pool, StoreError> {
     match parse(url)? {
         Target::SqliteMemory(options) => {
@@ -50,6 +54,9 @@ pub(super) async fn open(url: &str) -> Result<Pool, StoreError> {
             if let Some(parent) = options.get_filename().parent().filter(|parent| !parent.as_os_str().is_empty()) {
                 create_directory(url, parent).await?;
             }
+            // Opening sets the journal mode, which a file being migrated by another store refuses
+            // at once ("database is locked", no busy wait): open and migrate one store at a time.
+            let _one_at_a_time = SQLITE_OPENING.lock().await;
             let pool = SqlitePoolOptions::new()
                 .max_connections(SQLITE_MAX_CONNECTIONS)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -140,13 +147,9 @@ async fn migrate(backend: Backend, url: &str, pool: &Pool) -> Result<(), StoreEr
     // one has migrated. Migrations are therefore additive only (new tables, new nullable/defaulted columns).
     migrator.set_ignore_missing(true);
     let result = match pool {
-        Pool::Sqlite(pool) => {
-            // sqlx takes no lock on SQLite: two stores opening one new file at once would both apply
-            // the first migration. Serialise them within this process (one conductor per SQLite file).
-            static SQLITE_MIGRATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-            let _one_at_a_time = SQLITE_MIGRATIONS.lock().await;
-            migrator.run(pool).await
-        }
+        // sqlx takes no lock on SQLite: two stores opening one new file at once would both apply the
+        // first migration. `open` serialises file stores (SQLITE_OPENING); in-memory ones are private.
+        Pool::Sqlite(pool) => migrator.run(pool).await,
         // Concurrent replicas serialise here: sqlx holds a PostgreSQL advisory lock while migrating.
         Pool::Postgres(pool) => migrator.run(pool).await,
     };
