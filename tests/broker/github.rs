@@ -10,19 +10,6 @@ use crate::github_support::fake_github::FakeGitHub;
 
 const TOKEN: &str = "github_pat_11TESTTOKEN0123456789_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJ";
 
-fn approval(head: &str, id: &str) -> pb::Approval {
-    let in_an_hour = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    pb::Approval {
-        approval_id: id.into(),
-        approver: "alice".into(),
-        head_sha: head.into(),
-        report_digest: "sha256:test".into(),
-        approved_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-        expires_at: Some(prost_types::Timestamp::from(in_an_hour)),
-        override_reason: String::new(),
-    }
-}
-
 #[tokio::test]
 async fn the_template_flow_runs_against_github() {
     let github = FakeGitHub::start("acme", "worker-template", Some(TOKEN), None).await;
@@ -99,22 +86,7 @@ async fn the_template_flow_runs_against_github() {
     let merge_call = github.requests().into_iter().find(|r| r.path.ends_with("/merge")).unwrap();
     assert_eq!(merge_call.json()["sha"], pushed.head_sha.as_str(), "GitHub is told the approved head");
 
-    let mut stream = client
-        .build_template(pb::BuildTemplateRequest {
-            template: "worker".into(),
-            git_sha: merged.merge_sha.clone(),
-            pr_number: pr.number,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut version = None;
-    while let Some(event) = stream.message().await.unwrap() {
-        if let Some(pb::build_template_event::Event::Version(v)) = event.event {
-            version = Some(*v);
-        }
-    }
-    let version = version.unwrap();
+    let (_, version) = build_template(&mut client, "worker", &merged.merge_sha, pr.number).await;
     assert_eq!(version.status, pb::TemplateVersionStatus::Built as i32, "{}", version.error);
     assert_eq!(version.git_sha, merged.merge_sha);
     broker.stop().await.unwrap();

@@ -7,19 +7,6 @@ use tonic::Code;
 
 use crate::common::*;
 
-fn approval(head: &str, id: &str) -> pb::Approval {
-    let in_an_hour = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    pb::Approval {
-        approval_id: id.into(),
-        approver: "alice".into(),
-        head_sha: head.into(),
-        report_digest: "sha256:test".into(),
-        approved_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-        expires_at: Some(prost_types::Timestamp::from(in_an_hour)),
-        override_reason: String::new(),
-    }
-}
-
 async fn propose(client: &mut Client, sandbox_id: &str, title: &str) -> Result<pb::PullRequest, tonic::Status> {
     let request = pb::ProposeChangeRequest {
         sandbox_id: sandbox_id.into(),
@@ -28,19 +15,6 @@ async fn propose(client: &mut Client, sandbox_id: &str, title: &str) -> Result<p
         pull_request_number: 0,
     };
     client.propose_change(request).await.map(|r| r.into_inner().pull_request.unwrap())
-}
-
-async fn build(client: &mut Client, template: &str, git_sha: &str) -> (Vec<String>, pb::TemplateVersion) {
-    let request = pb::BuildTemplateRequest { template: template.into(), git_sha: git_sha.into(), pr_number: 1 };
-    let mut stream = client.build_template(request).await.unwrap().into_inner();
-    let mut log = Vec::new();
-    while let Some(event) = stream.message().await.unwrap() {
-        match event.event.unwrap() {
-            pb::build_template_event::Event::Log(line) => log.push(line),
-            pb::build_template_event::Event::Version(version) => return (log, *version),
-        }
-    }
-    panic!("build ended without a version: {log:?}");
 }
 
 #[tokio::test]
@@ -123,7 +97,7 @@ async fn infrastructure_sandboxes_get_a_checkout_and_propose_a_pull_request() {
     assert!(matches!(err.code(), Code::FailedPrecondition | Code::PermissionDenied), "{}", err.message());
 
     // Build → a new version, not yet active; promote; roll back.
-    let (log, version) = build(&mut client, "worker", &merged.merge_sha).await;
+    let (log, version) = build_template(&mut client, "worker", &merged.merge_sha, 1).await;
     assert_eq!(version.status, pb::TemplateVersionStatus::Built as i32, "{log:?}");
     assert!(!version.active);
     let said = match PROVIDER {
@@ -223,7 +197,7 @@ async fn a_failing_build_is_recorded_and_changes_nothing() {
         .await
         .unwrap()
         .into_inner();
-    let (log, version) = build(&mut client, "worker", &merged.merge_sha).await;
+    let (log, version) = build_template(&mut client, "worker", &merged.merge_sha, 1).await;
     assert_eq!(version.status, pb::TemplateVersionStatus::Failed as i32, "{log:?}");
     assert!(version.error.contains("FROM"), "the lint error says what is wrong: {}", version.error);
     let err = client

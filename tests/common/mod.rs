@@ -333,3 +333,36 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: tonic::C
         }
     }
 }
+
+/// A human approval of `head` as the conductor would send it: valid for an hour.
+pub fn approval(head: &str, id: &str) -> pb::Approval {
+    let in_an_hour = std::time::SystemTime::now() + Duration::from_secs(3600);
+    pb::Approval {
+        approval_id: id.into(),
+        approver: "alice".into(),
+        head_sha: head.into(),
+        report_digest: "sha256:test".into(),
+        approved_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        expires_at: Some(prost_types::Timestamp::from(in_an_hour)),
+        override_reason: String::new(),
+    }
+}
+
+/// Runs BuildTemplate to its end: the log lines and the version it produced.
+pub async fn build_template(
+    client: &mut Client,
+    template: &str,
+    git_sha: &str,
+    pr_number: u64,
+) -> (Vec<String>, pb::TemplateVersion) {
+    let request = pb::BuildTemplateRequest { template: template.into(), git_sha: git_sha.into(), pr_number };
+    let mut stream = client.build_template(request).await.unwrap().into_inner();
+    let mut log = Vec::new();
+    while let Some(event) = stream.message().await.unwrap() {
+        match event.event.unwrap() {
+            pb::build_template_event::Event::Log(line) => log.push(line),
+            pb::build_template_event::Event::Version(version) => return (log, *version),
+        }
+    }
+    panic!("build ended without a version: {log:?}");
+}

@@ -78,9 +78,10 @@ fn install(lower: &str, history: &[ChatMessage]) -> Option<Intent> {
         return Some(Intent::Say(format!("{name:?} does not look like a package name; name the package to install.")));
     }
     let insisted = lower.contains("anyway") && questioned(history, &name);
-    let found = [Ecosystem::Npm, Ecosystem::Pypi, Ecosystem::Debian].into_iter().find(|e| known(*e, &name));
+    let found =
+        [Ecosystem::Npm, Ecosystem::Pypi, Ecosystem::Debian].into_iter().find(|e| vetting::is_known_package(*e, &name));
     let ecosystem = match (asked_ecosystem, found) {
-        (Some(asked), _) if known(asked, &name) || insisted => asked,
+        (Some(asked), _) if vetting::is_known_package(asked, &name) || insisted => asked,
         (None, Some(found)) => found,
         (asked, _) if insisted => asked.unwrap_or(Ecosystem::Npm),
         (asked, _) => {
@@ -123,12 +124,6 @@ fn install(lower: &str, history: &[ChatMessage]) -> Option<Intent> {
             "Starting an infrastructure worker to add {name} ({manager}) to the worker template; its change becomes a pull request.\n"
         ),
     )
-}
-
-/// Whether `name` is in vetting's shipped list for `ecosystem`: Stu questions exactly what
-/// vetting would block.
-fn known(ecosystem: Ecosystem, name: &str) -> bool {
-    vetting::is_known_package(ecosystem, name)
 }
 
 /// Whether Stu's last reply questioned installing `name`.

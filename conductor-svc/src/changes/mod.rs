@@ -382,14 +382,14 @@ impl Changes {
             )
         };
         self.audit(&format!("human:{approver}"), "approve_change", record.pr.number, &detail, &input.trace_id).await;
-        let mut record = view.record.clone();
+        let ChangeView { mut record, diff, diff_truncated, .. } = view;
         record.state = ChangeState::Approved;
         record.state_detail = format!("approved by {approver}; merging");
         self.save(&record).await?;
+        let approved = ChangeView { record: record.clone(), diff, diff_truncated, approval: Some(approval.clone()) };
         let changes = self.clone();
         let handle = tokio::spawn(async move { changes.run_pipeline(record, approval).await });
-        let view = self.get(input.pr_number).await?;
-        Ok((view, handle))
+        Ok((approved, handle))
     }
 
     /// A human rejects the change: the pull request is closed with the reason.

@@ -121,14 +121,7 @@ async fn review(brain: &dyn Brain, pr: &pb::PullRequest, asked: &str, findings: 
     if !brain.reviews_changes() {
         return deterministic_summary(pr, asked, findings);
     }
-    let mut diff = pr.diff.as_str();
-    if diff.len() > REVIEW_DIFF_BYTES {
-        let mut cut = REVIEW_DIFF_BYTES;
-        while !diff.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        diff = &diff[..cut];
-    }
+    let diff = &pr.diff[..pr.diff.floor_char_boundary(REVIEW_DIFF_BYTES)];
     let findings_text = if findings.is_empty() {
         "none".to_owned()
     } else {

@@ -168,14 +168,7 @@ pub(super) fn describe_change(view: &ChangeView, with_diff: bool) -> String {
         );
     }
     if with_diff {
-        let mut diff = view.diff.as_str();
-        if diff.len() > SHOWN_DIFF_BYTES {
-            let mut cut = SHOWN_DIFF_BYTES;
-            while !diff.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            diff = &diff[..cut];
-        }
+        let diff = &view.diff[..view.diff.floor_char_boundary(SHOWN_DIFF_BYTES)];
         text.push_str(&untrusted_data(&format!("pull request #{} diff", record.pr.number), diff));
     }
     text

@@ -9,7 +9,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::{SandboxGrpc, convert};
-use crate::broker::BrokerError;
+use crate::broker::{Broker, BrokerError};
+use crate::template::registry::VersionRecord;
 use crate::template_repo::BUILD_LOG_BUFFER;
 
 pub type BuildStream = Pin<Box<dyn Stream<Item = Result<pb::BuildTemplateEvent, Status>> + Send>>;
@@ -55,12 +56,7 @@ impl SandboxGrpc {
             let _ = forward.await;
             let last = match result {
                 Ok(record) => {
-                    let active =
-                        repo.registry.active_id(&record.template).as_deref() == Some(record.version_id.as_str());
-                    let view = broker.template_version(&record.template, &record.version_id).ok();
-                    let (smoke_test, capabilities) =
-                        view.map(|v| (v.smoke_test, v.template.capabilities)).unwrap_or_default();
-                    let version = convert::template_version(record, active, smoke_test, capabilities);
+                    let version = version_proto(&broker, record);
                     Ok(pb::BuildTemplateEvent {
                         event: Some(pb::build_template_event::Event::Version(Box::new(version))),
                     })
@@ -82,25 +78,14 @@ impl SandboxGrpc {
         if request.template.is_empty() {
             return Err(self.status("ListTemplateVersions", BrokerError::invalid("template", "must not be empty")));
         }
-        let repo = self.broker.repo();
-        let active = repo.registry.active_id(&request.template);
-        let records = repo.registry.list(&request.template);
+        let records = self.broker.repo().registry.list(&request.template);
         if records.is_empty() {
             return Err(self.status(
                 "ListTemplateVersions",
                 BrokerError::NotFound(format!("template {:?} has no versions", request.template)),
             ));
         }
-        let versions = records
-            .into_iter()
-            .map(|record| {
-                let is_active = active.as_deref() == Some(record.version_id.as_str());
-                let view = self.broker.template_version(&record.template, &record.version_id).ok();
-                let (smoke_test, capabilities) =
-                    view.map(|v| (v.smoke_test, v.template.capabilities)).unwrap_or_default();
-                convert::template_version(record, is_active, smoke_test, capabilities)
-            })
-            .collect();
+        let versions = records.into_iter().map(|record| version_proto(&self.broker, record)).collect();
         Ok(pb::ListTemplateVersionsResponse { versions })
     }
 
@@ -112,7 +97,15 @@ impl SandboxGrpc {
         rollback: bool,
     ) -> Result<pb::TemplateVersion, Status> {
         let record = self.broker.repo().activate(template, version_id, rollback).map_err(|e| self.status(method, e))?;
-        let view = self.broker.template_version(template, version_id).map_err(|e| self.status(method, e))?;
-        Ok(convert::template_version(record, true, view.smoke_test, view.template.capabilities))
+        Ok(version_proto(&self.broker, record))
     }
+}
+
+/// A version as the wire shows it: whether it is active, and the smoke test and capabilities of
+/// its manifest (empty for a version whose manifest did not parse).
+fn version_proto(broker: &Broker, record: VersionRecord) -> pb::TemplateVersion {
+    let active = broker.repo().registry.active_id(&record.template).as_deref() == Some(record.version_id.as_str());
+    let view = broker.template_version(&record.template, &record.version_id).ok();
+    let (smoke_test, capabilities) = view.map(|v| (v.smoke_test, v.template.capabilities)).unwrap_or_default();
+    convert::template_version(record, active, smoke_test, capabilities)
 }

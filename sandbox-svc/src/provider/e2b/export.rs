@@ -55,8 +55,7 @@ impl E2bSandbox {
         &self,
         limits: &ExportLimits,
     ) -> Result<BTreeMap<String, (char, u64, u32, String)>, ProviderError> {
-        let prunes: String = limits.skip_top_level.iter().map(|name| format!("-path './{name}' -prune -o ")).collect();
-        let script = format!("find . -mindepth 1 {prunes}-printf '%y\\t%s\\t%m\\t%P\\t%l\\0'");
+        let script = listing_script(limits.skip_top_level);
         let spec = ProcessSpec {
             argv: vec!["sh".into(), "-c".into(), script],
             cwd: None,
@@ -113,11 +112,33 @@ impl E2bSandbox {
     }
 }
 
+/// `find` listing every entry below the workspace (not descending into `skip`): type, size,
+/// octal mode, relative path and symlink target, tab-separated, NUL-terminated.
+fn listing_script(skip: &[&str]) -> String {
+    let prunes: String = skip.iter().map(|name| format!("-path './{name}' -prune -o ")).collect();
+    format!("find . -mindepth 1 {prunes}-printf '%y\\t%s\\t%m\\t%P\\t%l\\0'")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_listing_script_prunes_skipped_top_level_directories() {
-        let prunes: String = [".git"].iter().map(|name| format!("-path './{name}' -prune -o ")).collect();
-        assert_eq!(prunes, "-path './.git' -prune -o ");
+    fn the_listing_skips_what_it_is_told_and_follows_nothing() {
+        let script = super::listing_script(&[".git"]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".git/objects")).unwrap();
+        std::fs::write(dir.path().join(".git/config"), "x").unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM x:1\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg(&script).current_dir(dir.path()).output().unwrap();
+        let mut records: Vec<String> = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|r| !r.is_empty())
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect();
+        records.sort();
+        assert_eq!(records.len(), 2, "{records:?}");
+        assert!(records[0].starts_with("f\t9\t") && records[0].ends_with("\tDockerfile\t"), "{records:?}");
+        assert!(records[1].starts_with("l\t") && records[1].ends_with("\tlink\t/etc/passwd"), "{records:?}");
     }
 }
