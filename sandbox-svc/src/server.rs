@@ -88,9 +88,9 @@ pub async fn serve_with_ready(
     let redactor = Redactor::new(secrets.iter().map(|s| s.expose())).context("invalid secret to redact")?;
     let spool_dir = data_dir.join("spool");
     let workspaces_dir = data_dir.join("workspaces");
-    // A previous broker's sandboxes died with it (local processes die with their parent):
-    // their leftovers are garbage.
-    remove_stale(&spool_dir)?;
+    // A previous broker's `local` sandboxes died with it (their processes die with their
+    // parent): their workspaces are garbage. Spools are kept until adoption has said which
+    // processes go on (E2B's outlive the broker).
     remove_stale(&workspaces_dir)?;
     // The builder follows the provider: E2B sandboxes start from E2B template builds.
     let (provider, builder): (Arc<dyn SandboxProvider>, Arc<dyn TemplateBuilder>) = match config.provider.as_str() {
@@ -131,6 +131,7 @@ pub async fn serve_with_ready(
         Ok(adopted) => hand_over_adopted(&broker, adopted),
         Err(error) => tracing::warn!(%error, "cannot look for sandboxes of a previous broker run"),
     }
+    broker.clear_stale_spools();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SandboxServiceServer<SandboxGrpc>>().await;
     health.set_service_status("", ServingStatus::Serving).await;

@@ -39,11 +39,13 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-/// A broker with SANDBOX_PROVIDER=e2b pointing at `fake`, served in-process.
+/// A broker with SANDBOX_PROVIDER=e2b pointing at `fake`, served in-process on a runtime of its
+/// own, so a crash can end every task it spawned at once, as the death of its process would.
 struct Broker {
     client: Client,
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    served: oneshot::Receiver<anyhow::Result<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
     _data_dir: tempfile::TempDir,
 }
 
@@ -66,16 +68,26 @@ impl Broker {
         config.e2b.envd_url = Some(fake.envd_url());
         config.e2b.workspace_dir = WORKSPACE.into();
         adjust(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sandbox_svc::serve(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let (served_tx, mut served) = oneshot::channel();
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            let result = sandbox_svc::serve(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+            let _ = served_tx.send(result);
+        });
         // Serving once the templates are built on the fake (the first start builds them).
         let deadline = Instant::now() + Duration::from_secs(30);
         let channel = loop {
-            assert!(!task.is_finished(), "broker stopped during start: {:?}", task.await);
+            if let Ok(result) = served.try_recv() {
+                panic!("broker stopped during start: {result:?}");
+            }
             if let Ok(channel) = Channel::from_shared(url.clone()).unwrap().connect().await {
                 let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
                 let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
@@ -87,26 +99,39 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let client = SandboxServiceClient::with_interceptor(channel, Bearer);
-        Broker { client, stop: Some(stop), task, _data_dir: data_dir }
+        Broker { client, stop: Some(stop), served, runtime: Some(runtime), _data_dir: data_dir }
     }
 
-    /// Stops the broker without its orderly shutdown (sandboxes are not killed), as a crash or a
-    /// lost node would; returns its data dir for the next run.
-    fn crash(self) -> tempfile::TempDir {
-        self.task.abort();
-        self._data_dir
+    /// Stops the broker without its orderly shutdown (sandboxes are not killed, nothing more is
+    /// written), as a crash or a lost node would; returns its data dir for the next run.
+    fn crash(mut self) -> tempfile::TempDir {
+        self.runtime.take().unwrap().shutdown_background();
+        std::mem::replace(&mut self._data_dir, tempfile::tempdir().unwrap())
     }
 
     /// An orderly stop that hands back the data dir for the next run.
     async fn stop_keeping_data(mut self) -> tempfile::TempDir {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task).await.unwrap().unwrap().unwrap();
-        self._data_dir
+        self.stop_in_order().await;
+        std::mem::replace(&mut self._data_dir, tempfile::tempdir().unwrap())
     }
 
     async fn stop(mut self) {
+        self.stop_in_order().await;
+    }
+
+    async fn stop_in_order(&mut self) {
         let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), &mut self.served).await.unwrap().unwrap().unwrap();
+        // What serve left running (nothing should outlive it) ends with the process.
+        self.runtime.take().unwrap().shutdown_background();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -774,11 +799,9 @@ async fn a_restarted_broker_tracks_its_sandboxes_again_with_the_gap_reported() {
     let script = "i=1; while [ $i -le 60 ]; do echo tick-$i; i=$((i+1)); sleep 0.05; done; exit 4";
     let mut stream = client.start_process(start_request(&sandbox.sandbox_id, script)).await.unwrap().into_inner();
     // Seen live before the crash: the start and a few ticks.
-    let mut seen = 0;
-    while seen < 3 {
-        if let Some(pb::process_event::Event::Stdout(_)) = stream.message().await.unwrap().unwrap().event {
-            seen += 1;
-        }
+    let mut seen_before = Vec::new();
+    while seen_before.iter().filter(|e: &&pb::ProcessEvent| matches!(e.event, Some(Event::Stdout(_)))).count() < 3 {
+        seen_before.push(stream.message().await.unwrap().unwrap());
     }
     drop(stream);
     let data_dir = broker.crash();
@@ -795,19 +818,27 @@ async fn a_restarted_broker_tracks_its_sandboxes_again_with_the_gap_reported() {
         (again.state, again.template_version.as_str()),
         (pb::SandboxState::Running as i32, sandbox.template_version.as_str())
     );
-    let attach =
-        pb::AttachProcessRequest { sandbox_id: sandbox.sandbox_id.clone(), process_id: "p1".into(), after_seq: 0 };
-    let events = collect(client.attach_process(attach).await.unwrap().into_inner()).await;
-    assert!(matches!(events[0].event, Some(pb::process_event::Event::Started(_))), "{:?}", events[0]);
-    assert!(
-        matches!(events[1].event, Some(pb::process_event::Event::Truncated(_))),
-        "what ran while no broker watched is a reported gap: {:?}",
-        events[1]
-    );
+    let attach = |after_seq| pb::AttachProcessRequest {
+        sandbox_id: sandbox.sandbox_id.clone(),
+        process_id: "p1".into(),
+        after_seq,
+    };
+    let events = collect(client.attach_process(attach(0)).await.unwrap().into_inner()).await;
+    // Output is durable by offset across the restart: the same events under the same seqs.
+    assert_eq!(events[..seen_before.len()], seen_before[..], "what was seen before the crash, unchanged");
+    assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1), "seqs run on: {events:?}");
+    let gaps: Vec<&pb::ProcessEvent> = events.iter().filter(|e| matches!(e.event, Some(Event::Truncated(_)))).collect();
+    assert_eq!(gaps.len(), 1, "what ran while no broker watched is one reported gap: {events:?}");
+    assert!(gaps[0].seq > seen_before.last().unwrap().seq, "the gap comes after what was spooled before");
     let ticks: Vec<u32> =
         text(&events, false).lines().map(|l| l.strip_prefix("tick-").unwrap().parse().unwrap()).collect();
-    assert!(ticks.windows(2).all(|w| w[0] < w[1]) && ticks.last() == Some(&60), "{ticks:?}");
+    assert!(ticks.starts_with(&[1, 2, 3]) && ticks.last() == Some(&60), "{ticks:?}");
+    assert!(ticks.windows(2).all(|w| w[0] < w[1]), "{ticks:?}");
     assert_eq!(exit(&events), (4, 0));
+    // A client that had read up to seq N before the crash resumes after N and misses nothing.
+    let last_seen = seen_before.last().unwrap().seq;
+    let resumed = collect(client.attach_process(attach(last_seen)).await.unwrap().into_inner()).await;
+    assert_eq!(resumed[..], events[seen_before.len()..]);
     // New processes continue the numbering.
     let next =
         collect(client.start_process(start_request(&sandbox.sandbox_id, "echo after")).await.unwrap().into_inner())
@@ -855,17 +886,42 @@ async fn an_orderly_restart_can_leave_sandboxes_for_the_next_run() {
     let broker = Broker::start_with(&fake, tempfile::tempdir().unwrap(), keep).await;
     let mut client = broker.client.clone();
     let sandbox = create(&mut client).await.unwrap();
-    let script = "sleep 1; echo still-here; exit 5";
-    let stream = client.start_process(start_request(&sandbox.sandbox_id, script)).await.unwrap().into_inner();
+    let script = "echo before-stop; sleep 1; echo still-here; exit 5";
+    let mut stream = client.start_process(start_request(&sandbox.sandbox_id, script)).await.unwrap().into_inner();
+    let mut seen_before = Vec::new();
+    while text(&seen_before, false).is_empty() {
+        seen_before.push(stream.message().await.unwrap().unwrap());
+    }
     drop(stream);
+    // A process of that sandbox that has already ended.
+    let done =
+        collect(client.start_process(start_request(&sandbox.sandbox_id, "echo done")).await.unwrap().into_inner())
+            .await;
+    assert_eq!(done[0].process_id, "p2");
     let data_dir = broker.stop_keeping_data().await;
     assert_eq!(fake.sandbox_ids().len(), 1, "the sandbox outlived the orderly stop");
+    // Spools of sandboxes that are gone are the old run's garbage.
+    let stray = data_dir.path().join("data/spool/sbx-gone/p1");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("000000.seg"), b"old").unwrap();
     let broker = Broker::start_with(&fake, data_dir, keep).await;
+    assert!(!stray.parent().unwrap().exists(), "a gone sandbox's spools are deleted at start");
     let mut client = broker.client.clone();
     let attach =
         pb::AttachProcessRequest { sandbox_id: sandbox.sandbox_id.clone(), process_id: "p1".into(), after_seq: 0 };
     let events = collect(client.attach_process(attach).await.unwrap().into_inner()).await;
+    assert_eq!(events[..seen_before.len()], seen_before[..], "the same events under the same seqs");
+    assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1), "seqs run on: {events:?}");
     assert_eq!(exit(&events), (5, 0));
     assert!(text(&events, false).contains("still-here"), "{events:?}");
+    // A process that ended before the stop (envd still lists it for a while) replays as it was.
+    let attach =
+        pb::AttachProcessRequest { sandbox_id: sandbox.sandbox_id.clone(), process_id: "p2".into(), after_seq: 0 };
+    assert_eq!(collect(client.attach_process(attach).await.unwrap().into_inner()).await, done);
+    let next =
+        collect(client.start_process(start_request(&sandbox.sandbox_id, "echo next")).await.unwrap().into_inner())
+            .await;
+    assert_eq!(next[0].process_id, "p3");
+    assert_eq!(text(&next, false), "next\n");
     broker.stop().await;
 }

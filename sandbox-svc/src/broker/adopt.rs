@@ -1,9 +1,11 @@
 //! Taking over sandboxes a previous broker run left alive (E2B's outlive the broker): each is
-//! tracked again under its old id, its running processes get fresh spools that start with a
-//! `truncated` gap (the provider reports what it could not see while nobody was attached), and
-//! its lifetime is watched again. Nothing the process wrote while the broker was down is
-//! invented, and nothing is silently skipped.
+//! tracked again under its old id, its running processes continue the spools the previous run
+//! wrote (same events under the same seqs, so a client resumes "after N" across the restart),
+//! then a `truncated` gap (the provider reports what it could not see while nobody was
+//! attached), and its lifetime is watched again. Nothing the process wrote while the broker was
+//! down is invented, and nothing is silently skipped.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -11,7 +13,7 @@ use super::process::{self, ProcessEntry};
 use super::sandbox::{Lifetime, SandboxEntry, TemplateRef};
 use super::{Broker, watch_lifetime};
 use crate::provider::AdoptedSandbox;
-use crate::spool::{EventBody, Spool};
+use crate::spool::{EventBody, Reopened, Spool};
 
 impl Broker {
     /// Tracks `sandboxes` (from [`crate::provider::SandboxProvider::adopt`]). Call once at start,
@@ -72,15 +74,14 @@ impl Broker {
                 id
             };
             let dir = inner.spool_dir.join(&sandbox.sandbox_id).join(&process_id);
-            let spool = match Spool::create(dir, limits.spool_bytes) {
-                Ok(spool) => spool,
+            let pid = adopted.started.pid;
+            let Reopened { spool, exit } = match continue_spool(&dir, limits.spool_bytes, pid) {
+                Ok(continued) => continued,
                 Err(error) => {
                     tracing::error!(sandbox_id = %sandbox.sandbox_id, %process_id, %error, "cannot spool an adopted process");
                     continue;
                 }
             };
-            let pid = adopted.started.pid;
-            let _ = spool.append(&EventBody::Started { pid });
             let process = Arc::new(ProcessEntry {
                 id: process_id,
                 argv: adopted.argv,
@@ -90,13 +91,72 @@ impl Broker {
                 pid,
                 spool,
                 control: adopted.started.control,
-                exit_code: Mutex::new(None),
+                exit_code: Mutex::new(exit.map(|(exit_code, _)| exit_code)),
             });
             entry.lock().processes.push(process.clone());
-            tokio::spawn(process::pump(process, adopted.started.events, inner.redactor.clone()));
+            if exit.is_some() {
+                // It ended before the previous run stopped (envd still lists a process for a
+                // while after its end): its spool is complete, nothing to follow.
+                continue;
+            }
+            tokio::spawn(process::pump(
+                process,
+                adopted.started.events,
+                inner.redactor.clone(),
+                inner.handover.clone(),
+            ));
             started += 1;
         }
         watch_lifetime(inner, entry);
         Ok(started)
+    }
+}
+
+impl Broker {
+    /// Deletes every spool of the previous run that no adopted process continues (processes
+    /// that ended, sandboxes that are gone or died with it). Call once at start, after
+    /// [`Broker::adopt`] and before serving, so new processes find their directories free.
+    pub fn clear_stale_spools(&self) {
+        let inner = &self.inner;
+        let Ok(sandboxes) = std::fs::read_dir(&inner.spool_dir) else { return };
+        let tracked = inner.registry.lock().expect("lock poisoned").sandboxes.clone();
+        for sandbox_dir in sandboxes.flatten() {
+            let name = sandbox_dir.file_name().to_string_lossy().into_owned();
+            let Some(entry) = tracked.get(&name) else {
+                remove_dir(&sandbox_dir.path());
+                continue;
+            };
+            let live: Vec<String> = entry.lock().processes.iter().map(|p| p.id.clone()).collect();
+            for process_dir in std::fs::read_dir(sandbox_dir.path()).into_iter().flatten().flatten() {
+                if !live.iter().any(|id| process_dir.file_name() == id.as_str()) {
+                    remove_dir(&process_dir.path());
+                }
+            }
+        }
+    }
+}
+
+/// The spool the previous run wrote for this process, continued after its last seq (with the
+/// exit it recorded, if the process had ended); a fresh one, starting with the process's
+/// start, when there is none to continue.
+fn continue_spool(dir: &Path, limit_bytes: u64, pid: u32) -> std::io::Result<Reopened> {
+    match Spool::reopen(dir.to_owned(), limit_bytes) {
+        Ok(Some(reopened)) => return Ok(reopened),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "cannot continue the previous spool; starting afresh")
+        }
+    }
+    remove_dir(dir);
+    let spool = Spool::create(dir.to_owned(), limit_bytes)?;
+    spool.append(&EventBody::Started { pid })?;
+    Ok(Reopened { spool, exit: None })
+}
+
+fn remove_dir(path: &Path) {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(path = %path.display(), %error, "cannot remove a stale spool"),
     }
 }

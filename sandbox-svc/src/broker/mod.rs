@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 pub use self::error::BrokerError;
 pub use self::model::TemplateView;
@@ -56,6 +57,8 @@ struct Inner {
     idempotency: Mutex<HashMap<String, IdempotentCreate>>,
     /// One permit per open StartProcess/AttachProcess stream.
     streams: Arc<Semaphore>,
+    /// Cancelled when running sandboxes are left to the next broker run: pumps stop appending.
+    handover: CancellationToken,
 }
 
 #[derive(Default)]
@@ -94,6 +97,7 @@ impl Broker {
                 registry: Mutex::new(Registry::default()),
                 idempotency: Mutex::new(HashMap::new()),
                 streams,
+                handover: CancellationToken::new(),
             }),
         }
     }
@@ -355,9 +359,11 @@ impl Broker {
     }
 
     /// Refuses new sandboxes from now on, leaving running ones as they are (their provider keeps
-    /// them for the next broker run to adopt).
+    /// them for the next broker run to adopt), and stops spooling their output: the spools stay
+    /// unfinished on disk for the next run to continue.
     pub fn stop_accepting(&self) {
         self.inner.registry.lock().expect("lock poisoned").shutting_down = true;
+        self.inner.handover.cancel();
     }
 
     /// Flips to refusing new sandboxes and ends every running one.
@@ -436,7 +442,7 @@ impl Broker {
             let _ = process.control.signal(Signal::Kill).await;
         }
         let pid = process.pid;
-        tokio::spawn(process::pump(process, events, self.inner.redactor.clone()));
+        tokio::spawn(process::pump(process, events, self.inner.redactor.clone(), self.inner.handover.clone()));
         if ended_meanwhile {
             return Err(BrokerError::FailedPrecondition(format!(
                 "sandbox {sandbox_id:?} ended while the process started"

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::model::ProcessView;
 use crate::provider::{ProcessControl, ProviderEvent};
@@ -49,7 +50,14 @@ impl ProcessEntry {
 }
 
 /// Moves every provider event into the spool until the process exits, then finishes the spool.
-pub(super) async fn pump(entry: Arc<ProcessEntry>, mut events: mpsc::Receiver<ProviderEvent>, redactor: Redactor) {
+/// On `handover` (an orderly stop that leaves the process to the next broker run) it stops
+/// appending and leaves the spool unfinished, for the next run to continue after its last seq.
+pub(super) async fn pump(
+    entry: Arc<ProcessEntry>,
+    mut events: mpsc::Receiver<ProviderEvent>,
+    redactor: Redactor,
+    handover: CancellationToken,
+) {
     let mut stdout = redactor.stream();
     let mut stderr = redactor.stream();
     let append = |body: EventBody| {
@@ -68,7 +76,15 @@ pub(super) async fn pump(entry: Arc<ProcessEntry>, mut events: mpsc::Receiver<Pr
         }
     };
     let mut exit = None;
-    while let Some(event) = events.recv().await {
+    loop {
+        let event = tokio::select! {
+            biased;
+            // Bytes the maskers still hold back are not flushed: they may begin a secret whose
+            // rest the next run sees in a fresh masker. They fall into the gap it reports.
+            () = handover.cancelled() => return,
+            event = events.recv() => event,
+        };
+        let Some(event) = event else { break };
         match event {
             ProviderEvent::Stdout(data) => append_masked(&append, stdout.push(&data), EventBody::Stdout),
             ProviderEvent::Stderr(data) => append_masked(&append, stderr.push(&data), EventBody::Stderr),

@@ -26,6 +26,10 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
+mod reopen;
+
+pub use self::reopen::Reopened;
+
 const HEADER_LEN: usize = 16;
 /// Most bytes one `SpoolReader::read_available` call pulls from disk (one record may exceed it).
 /// Bounds the memory a reader holds per batch.
@@ -123,12 +127,10 @@ impl Spool {
     pub fn create(dir: PathBuf, limit_bytes: u64) -> io::Result<Arc<Spool>> {
         // Process output is private to the broker: owner-only, like the files below.
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-        // Eight segments: eviction drops at most an eighth of the history at a time.
-        let segment_bytes = (limit_bytes / 8).clamp(16 << 10, 8 << 20);
         Ok(Arc::new(Spool {
             dir,
             limit_bytes,
-            segment_bytes,
+            segment_bytes: Spool::segment_bytes_for(limit_bytes),
             recent_limit: RECENT_WINDOW_BYTES.min(limit_bytes / 8),
             state: Mutex::new(SpoolState {
                 segments: VecDeque::new(),
@@ -142,6 +144,11 @@ impl Spool {
             }),
             head: watch::Sender::new(SpoolHead::default()),
         }))
+    }
+
+    /// Eight segments: eviction drops at most an eighth of the history at a time.
+    fn segment_bytes_for(limit_bytes: u64) -> u64 {
+        (limit_bytes / 8).clamp(16 << 10, 8 << 20)
     }
 
     pub fn head(&self) -> SpoolHead {
