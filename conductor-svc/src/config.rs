@@ -98,6 +98,11 @@ pub struct ConductorConfig {
     #[arg(long, env = "CONDUCTOR_LLM_TIMEOUT", value_parser = humantime::parse_duration, default_value = "120s")]
     pub llm_timeout: Duration,
 
+    /// How long a start waits for another process to release the data dir (one conductor per
+    /// data dir: both would re-adopt the same workers), then fails.
+    #[arg(long, env = "CONDUCTOR_DATA_DIR_LOCK_WAIT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub data_dir_lock_wait: Duration,
+
     /// How long SIGTERM waits for in-flight RPCs.
     #[arg(long, env = "CONDUCTOR_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
     pub shutdown_grace: Duration,

@@ -63,6 +63,8 @@ pub async fn serve_with_ready(
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("cannot restrict data dir {}", config.data_dir.display()))?;
+    // Held until serving ends: one conductor re-adopts a data dir's workers.
+    let _data_dir_lock = service_kit::dir_lock::DirLock::acquire(&config.data_dir, config.data_dir_lock_wait).await?;
     let mut generated_token_file = None;
     if config.auth_token.is_none() {
         // Even on loopback: a sandbox with network access reaches 127.0.0.1 too, and must not

@@ -127,6 +127,11 @@ pub struct BrokerConfig {
     #[arg(long, env = "SANDBOX_KEEP_SANDBOXES_ON_SHUTDOWN", default_value_t = false)]
     pub keep_sandboxes_on_shutdown: bool,
 
+    /// How long a start waits for another process to release the data dir (one broker per
+    /// data dir; a rolling deploy's previous broker may still be draining), then fails.
+    #[arg(long, env = "SANDBOX_DATA_DIR_LOCK_WAIT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub data_dir_lock_wait: Duration,
+
     /// How long SIGTERM waits for in-flight RPCs after killing sandboxes.
     #[arg(long, env = "SANDBOX_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
     pub shutdown_grace: Duration,

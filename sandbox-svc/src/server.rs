@@ -76,6 +76,8 @@ pub async fn serve_with_ready(
     // Others may pass through (a sandbox user must reach its workspace) but not list it.
     std::fs::set_permissions(&data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
         .with_context(|| format!("cannot restrict data dir {}", data_dir.display()))?;
+    // Held until serving ends: spools, template versions and approvals have one writer.
+    let _data_dir_lock = service_kit::dir_lock::DirLock::acquire(&data_dir, config.data_dir_lock_wait).await?;
     let mut generated_token_file = None;
     if config.auth_token.is_none() {
         // Even on loopback: a sandbox with network access can reach 127.0.0.1 too.

@@ -3,6 +3,7 @@
 //! conductor must not link the broker's provider code to get these.
 
 pub mod auth;
+pub mod dir_lock;
 pub mod secret;
 pub mod telemetry;
 

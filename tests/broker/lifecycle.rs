@@ -197,3 +197,19 @@ async fn shutdown_goes_not_serving_and_kills_every_sandbox() {
     let events = collect(watcher).await;
     assert!(exit_of(&events).is_some());
 }
+
+#[tokio::test]
+async fn a_second_broker_on_the_same_data_dir_is_refused_naming_it() {
+    let broker = TestBroker::start(|_| {}).await;
+    let data_dir = broker.data_dir.path().join("data");
+    let mut config = sandbox_svc::BrokerConfig::for_tests(data_dir.clone());
+    config.data_dir_lock_wait = Duration::from_millis(300);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = sandbox_svc::serve(config, listener, std::future::pending()).await.unwrap_err();
+    let message = format!("{error:#}");
+    assert!(message.contains("in use by another process") && message.contains("data dir"), "{message}");
+    // The first one is untouched and still serves.
+    let mut client = broker.client().await;
+    create(&mut client, "worker").await;
+    broker.stop().await.unwrap();
+}
