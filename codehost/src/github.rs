@@ -210,6 +210,12 @@ impl CodeHost for GitHub {
         self.close(number).await
     }
 
+    async fn revert_merge(&self, branch: &str, merge_sha: &str, message: &str) -> Result<String> {
+        check_branch(branch)?;
+        check_sha(merge_sha)?;
+        self.revert(branch, merge_sha, message).await
+    }
+
     async fn comment(&self, number: u64, body: &str) -> Result<()> {
         if body.trim().is_empty() {
             return Err(invalid("body", "a comment needs text".into()));

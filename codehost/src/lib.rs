@@ -85,5 +85,12 @@ pub trait CodeHost: Send + Sync + 'static {
 
     async fn close_pull_request(&self, number: u64) -> Result<PullRequest>;
 
+    /// Undoes a merge whose template failed to build or pass its smoke test: commits on `branch`,
+    /// on top of `merge_sha`, the tree of its first parent (the branch as it was before the
+    /// merge), so later pull requests do not inherit the broken change. Only while `branch` still
+    /// points at `merge_sha` (Conflict otherwise: a later commit needs a person); returns the new
+    /// commit.
+    async fn revert_merge(&self, branch: &str, merge_sha: &str, message: &str) -> Result<String>;
+
     async fn comment(&self, number: u64, body: &str) -> Result<()>;
 }

@@ -373,6 +373,31 @@ impl CodeHost for LocalGit {
         Ok(merge)
     }
 
+    async fn revert_merge(&self, branch: &str, merge_sha: &str, message: &str) -> Result<String> {
+        check_branch(branch)?;
+        check_sha(merge_sha)?;
+        let _guard = self.write_lock.lock().await;
+        let head = self.branch_head(branch).await?;
+        if head != merge_sha {
+            return Err(CodeHostError::Conflict(format!(
+                "{branch} moved to {head} after the merge {merge_sha}; revert it by hand"
+            )));
+        }
+        let before = format!("{merge_sha}^1^{{tree}}");
+        let tree = text(self.git(&["rev-parse", "--verify", &before], &[], None).await.map_err(|_| {
+            CodeHostError::InvalidArgument {
+                field: "merge_sha",
+                message: format!("{merge_sha} has no parent to go back to"),
+            }
+        })?);
+        let (identity, when) = (CommitIdentity::default(), format!("{} +0000", unix_now()));
+        let args = ["commit-tree", tree.as_str(), "-p", merge_sha];
+        let revert = text(self.git(&args, &identity_env(&identity, &when), Some(message.as_bytes())).await?);
+        self.update_ref(branch, &revert, Some(merge_sha)).await?;
+        tracing::info!(repository = %self.name, %merge_sha, %revert, "reverted a merge");
+        Ok(revert)
+    }
+
     async fn close_pull_request(&self, number: u64) -> Result<PullRequest> {
         let _guard = self.write_lock.lock().await;
         let mut pr = self.load(number).await?;

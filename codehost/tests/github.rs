@@ -515,3 +515,31 @@ async fn app_auth_failures_are_clear_and_leak_nothing() {
     assert!(matches!(err, CodeHostError::InvalidArgument { field: "private_key_pem", .. }), "{err}");
     assert!(!format!("{err}").contains("secretish"), "{err}");
 }
+
+#[tokio::test]
+async fn a_failed_merge_is_reverted_to_the_tree_before_it_only_while_main_is_still_there() {
+    let (fake, main) = seeded_fake().await;
+    let host = token_host(&fake);
+    let pr = host.open_pull_request(new_pr(&main, "agentstudio/jq-1", jq_changes())).await.unwrap();
+    let merge = host.merge_pull_request(1, &pr.head_sha, "Merge #1").await.unwrap();
+
+    fake.clear_requests();
+    let revert = host.revert_merge("main", &merge, "Revert #1: smoke test failed").await.unwrap();
+    let requests = fake.requests();
+    let sent =
+        |call: &str| requests.iter().find(|r| format!("{} {}", r.method, r.path).ends_with(call)).unwrap().json();
+    let commit = sent("POST /repos/acme/worker-template/git/commits");
+    assert_eq!(commit["parents"], json!([merge]), "on top of the merge: history is kept");
+    assert_eq!(commit["tree"], main_tree(&fake, &main), "the tree from before the merge");
+    assert_eq!(commit["message"], "Revert #1: smoke test failed");
+    assert_eq!(sent("PATCH /repos/acme/worker-template/git/refs/heads/main"), json!({ "sha": revert, "force": false }));
+    assert_eq!(fake.state().repo.refs["main"], revert);
+    let tree = host.read_tree(&revert, TreeLimits::default()).await.unwrap();
+    let dockerfile = tree.iter().find(|f| f.path == "worker/Dockerfile").unwrap();
+    assert_eq!(dockerfile.content, DOCKERFILE.as_bytes());
+
+    // Main moved on since that merge: a person decides.
+    let err = host.revert_merge("main", &merge, "again").await.unwrap_err();
+    assert!(matches!(err, CodeHostError::Conflict(ref m) if m.contains("moved") && m.contains(&revert)), "{err}");
+    assert_eq!(fake.state().repo.refs["main"], revert);
+}

@@ -150,6 +150,12 @@ impl BrokerClient {
         Ok(self.client.clone().merge_pull_request(unary(request)).await?.into_inner())
     }
 
+    /// Not retried: a second revert would find the branch moved (by the first) and refuse.
+    pub async fn revert_pull_request(&self, number: u64, reason: &str) -> Result<String, Status> {
+        let request = pb::RevertPullRequestRequest { number, reason: reason.to_owned() };
+        Ok(self.client.clone().revert_pull_request(unary(request)).await?.into_inner().revert_sha)
+    }
+
     pub async fn close_pull_request(&self, number: u64, comment: &str) -> Result<pb::PullRequest, Status> {
         let request = pb::ClosePullRequestRequest { number, comment: comment.to_owned() };
         let response = self.client.clone().close_pull_request(unary(request)).await?.into_inner();

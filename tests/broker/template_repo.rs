@@ -209,6 +209,19 @@ async fn a_failing_build_is_recorded_and_changes_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
     assert_eq!(create(&mut client, "worker").await.template_version, before);
+
+    // The broken merge is reverted on the branch: what is built there again is the old version.
+    let revert = |number: u64, reason: &str| pb::RevertPullRequestRequest { number, reason: reason.into() };
+    let err = client.revert_pull_request(revert(pr.number, " ")).await.unwrap_err();
+    assert!(err.code() == Code::InvalidArgument && err.message().starts_with("reason"), "{}", err.message());
+    let err = client.revert_pull_request(revert(999, "x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+    let reverted = client.revert_pull_request(revert(pr.number, "its build failed")).await.unwrap().into_inner();
+    let (log, rebuilt) = build_template(&mut client, "worker", &reverted.revert_sha, 1).await;
+    assert_eq!(rebuilt.version_id, before, "the same content as before the merge: {log:?}");
+    // Only while the branch is still at the merge.
+    let err = client.revert_pull_request(revert(pr.number, "again")).await.unwrap_err();
+    assert!(err.code() == Code::FailedPrecondition && err.message().contains("moved"), "{}", err.message());
     broker.stop().await.unwrap();
 }
 

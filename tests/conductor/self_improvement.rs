@@ -26,6 +26,19 @@ async fn wait_settled(client: &mut Client, number: u64) -> pb::Change {
     panic!("change #{number} did not settle");
 }
 
+/// Vets `pr` (as `GetChange` does), approves its head as alice and waits for the pipeline.
+async fn approve_and_settle(client: &mut Client, pr: &sandbox_pb::PullRequest) -> pb::Change {
+    change(client, pr.number).await;
+    let request = pb::ApproveChangeRequest {
+        pr_number: pr.number,
+        head_sha: pr.head_sha.clone(),
+        approver: "alice".into(),
+        ..Default::default()
+    };
+    client.approve_change(request).await.unwrap();
+    wait_settled(client, pr.number).await
+}
+
 async fn worker_versions(client: &mut Client) -> Vec<pb::TemplateVersion> {
     let request = pb::ListTemplateVersionsRequest { template: "worker".into() };
     client.list_template_versions(request).await.unwrap().into_inner().versions
@@ -246,29 +259,11 @@ async fn a_failing_smoke_test_keeps_the_old_version_and_rollback_restores_any() 
 
     // Promote a good change first.
     let (_, good_pr) = broker_pr(&stack, "echo '# fine' >> worker/Dockerfile", "Fine").await;
-    change(&mut client, good_pr.number).await;
-    client
-        .approve_change(pb::ApproveChangeRequest {
-            pr_number: good_pr.number,
-            head_sha: good_pr.head_sha.clone(),
-            approver: "alice".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(wait_settled(&mut client, good_pr.number).await.state, pb::ChangeState::Promoted as i32);
+    assert_eq!(approve_and_settle(&mut client, &good_pr).await.state, pb::ChangeState::Promoted as i32);
     let breaks_smoke =
         "sed -i 's/^smoke_test = \"bash --version.*/smoke_test = \"echo checking; exit 3\"/' worker/template.toml";
     let (_, pr) = broker_pr(&stack, breaks_smoke, "Change the smoke test").await;
-    change(&mut client, pr.number).await;
-    let request = pb::ApproveChangeRequest {
-        pr_number: pr.number,
-        head_sha: pr.head_sha.clone(),
-        approver: "alice".into(),
-        ..Default::default()
-    };
-    client.approve_change(request).await.unwrap();
-    let done = wait_settled(&mut client, pr.number).await;
+    let done = approve_and_settle(&mut client, &pr).await;
     assert_eq!(done.state, pb::ChangeState::SmokeTestFailed as i32, "{}", done.state_detail);
     assert!(done.state_detail.contains("exit 3") && done.state_detail.contains("checking"), "{}", done.state_detail);
     assert!(done.state_detail.contains("previous version stays active"), "{}", done.state_detail);
@@ -276,6 +271,14 @@ async fn a_failing_smoke_test_keeps_the_old_version_and_rollback_restores_any() 
     let good = versions.iter().find(|v| v.pr_number == good_pr.number).unwrap();
     assert!(good.active, "the version before the failed one stays active: {versions:?}");
     assert_eq!(versions.len(), 3, "the failed candidate is listed, not active");
+    // The failed merge is reverted on the branch: the next change does not inherit it.
+    assert!(done.state_detail.contains("the merge is reverted on the branch as"), "{}", done.state_detail);
+    let (_, next) = broker_pr(&stack, "echo '# next' >> worker/Dockerfile", "Next").await;
+    assert!(!next.diff.contains("exit 3"), "{}", next.diff);
+    let next_done = approve_and_settle(&mut client, &next).await;
+    assert_eq!(next_done.state, pb::ChangeState::Promoted as i32, "{}", next_done.state_detail);
+    let versions = worker_versions(&mut client).await;
+    assert!(versions.iter().any(|v| v.active && v.pr_number == next.number), "{versions:?}");
 
     // A rejected PR is closed and can never merge.
     let (_, second) = broker_pr(&stack, "echo '# x' >> worker/Dockerfile", "Another").await;
@@ -311,7 +314,7 @@ async fn a_failing_smoke_test_keeps_the_old_version_and_rollback_restores_any() 
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
 
-    // Roll back past both to the original.
+    // Roll back past all of them to the original.
     let rollback = pb::RollbackTemplateRequest {
         template: "worker".into(),
         version_id: original.version_id.clone(),

@@ -7,7 +7,7 @@ use http::Method;
 
 use super::GitHub;
 use super::errors::{Failure, Op, Permission};
-use super::wire::{GitBlob, GitCommit, GitTree, NewBlob, NewCommit, NewTree, NewTreeEntry, Person, Sha};
+use super::wire::{GitBlob, GitCommit, GitTree, MoveRef, NewBlob, NewCommit, NewTree, NewTreeEntry, Person, Sha};
 use crate::{CodeHost, CodeHostError, CommitIdentity, FileChange, Result, TreeFile, TreeLimits};
 
 /// Blob downloads in flight at once while reading a tree: enough to hide the round trips of a
@@ -160,6 +160,44 @@ impl GitHub {
         };
         let commit: GitCommit =
             self.api.write(Method::POST, &self.route("git/commits"), &body).await.map_err(|f| self.fail(f, &op))?;
+        Ok(commit.sha)
+    }
+
+    /// See [`CodeHost::revert_merge`]: a commit with the first parent's tree on top of the merge,
+    /// then a fast-forward-only move of the branch (GitHub answers 422 if it moved meanwhile).
+    pub(super) async fn revert(&self, branch: &str, merge_sha: &str, message: &str) -> Result<String> {
+        let moved = |head: &str| {
+            CodeHostError::Conflict(format!("{branch} moved to {head} after the merge {merge_sha}; revert it by hand"))
+        };
+        let head = self.branch_ref(branch).await?;
+        if head != merge_sha {
+            return Err(moved(&head));
+        }
+        let op = Op::new(format!("read commit {merge_sha}"), Permission::ContentsRead, "merge_sha");
+        let merge: GitCommit =
+            self.api.get(&self.route(&format!("git/commits/{merge_sha}"))).await.map_err(|f| self.fail(f, &op))?;
+        let Some(before) = merge.parents.first() else {
+            return Err(CodeHostError::InvalidArgument {
+                field: "merge_sha",
+                message: format!("{merge_sha} has no parent to go back to"),
+            });
+        };
+        let tree = self.commit_tree(&before.sha).await?;
+        let op = Op::new("write a commit", Permission::ContentsWrite, "message");
+        let bot = Person { name: &self.identity.name, email: &self.identity.email };
+        let body = NewCommit { message, tree: &tree, parents: [merge_sha], author: bot, committer: bot };
+        let commit: GitCommit =
+            self.api.write(Method::POST, &self.route("git/commits"), &body).await.map_err(|f| self.fail(f, &op))?;
+        let op = Op::new(format!("move branch {branch}"), Permission::ContentsWrite, "branch");
+        let body = MoveRef { sha: &commit.sha, force: false };
+        let route = self.route(&format!("git/refs/heads/{branch}"));
+        let moved_ref: Result<octocrab::models::repos::Ref, _> = self.api.write(Method::PATCH, &route, &body).await;
+        match moved_ref {
+            Ok(_) => {}
+            Err(failure) if failure.is(422) => return Err(moved(&format!("another commit ({})", failure.message))),
+            Err(failure) => return Err(self.fail(failure, &op)),
+        }
+        tracing::info!(repository = %self.repository(), %merge_sha, revert = %commit.sha, "reverted a merge");
         Ok(commit.sha)
     }
 

@@ -11,6 +11,8 @@ use crate::{PrState, PullRequest};
 pub(crate) struct GitCommit {
     pub sha: String,
     pub tree: Sha,
+    #[serde(default)]
+    pub parents: Vec<Sha>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,7 +80,7 @@ pub(crate) struct NewCommit<'a> {
 }
 
 /// No `date`: GitHub stamps the commit with its own clock.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub(crate) struct Person<'a> {
     pub name: &'a str,
     pub email: &'a str,

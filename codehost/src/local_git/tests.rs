@@ -130,3 +130,23 @@ fn paths_that_git_would_misread_are_refused() {
     check_repo_path("worker/Dockerfile").unwrap();
     check_repo_path("worker/scripts/setup tools.sh").unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_merge_is_reverted_to_the_tree_before_it_only_while_main_is_still_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = seeded(dir.path()).await;
+    let base = host.branch_head("main").await.unwrap();
+    let before = host.read_tree(&base, TreeLimits::default()).await.unwrap();
+    let pr =
+        host.open_pull_request(new_pr(&base, "a", vec![change("worker/Dockerfile", Some("FROM x\n"))])).await.unwrap();
+    let merge = host.merge_pull_request(pr.number, &pr.head_sha, "merge a").await.unwrap();
+    let revert = host.revert_merge("main", &merge, "Revert #1: smoke test failed\n").await.unwrap();
+    assert_eq!(host.branch_head("main").await.unwrap(), revert);
+    assert_eq!(host.read_tree(&revert, TreeLimits::default()).await.unwrap(), before);
+    let parents = text(host.git(&["rev-list", "--parents", "-n1", &revert], &[], None).await.unwrap());
+    assert_eq!(parents, format!("{revert} {merge}"), "on top of the merge: history is kept");
+    let err = host.revert_merge("main", &merge, "again").await.unwrap_err();
+    assert!(matches!(err, CodeHostError::Conflict(ref m) if m.contains("moved")), "{err}");
+    let err = host.revert_merge("main", "nope", "x").await.unwrap_err();
+    assert!(matches!(err, CodeHostError::InvalidArgument { .. }), "{err}");
+}

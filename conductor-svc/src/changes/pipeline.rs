@@ -1,6 +1,9 @@
 //! After a human approval: merge at the approved head, build each touched template, smoke-test
-//! the new version in a fresh sandbox, promote it — or leave the previous version active and
-//! record why. Every step's outcome lands in the change record and the audit log.
+//! the new version in a fresh sandbox, promote it — or leave the previous versions active, undo
+//! the merge on the branch and record why. A change lands whole or not at all: a template it
+//! already promoted is rolled back when a later one fails, and the revert commit keeps the broken
+//! change out of every later pull request's base. Every step's outcome lands in the change
+//! record and the audit log.
 
 use std::time::SystemTime;
 
@@ -73,13 +76,34 @@ impl Changes {
             done.push("no template directory changed: nothing to build".into());
             return Ok(done.join("; "));
         }
+        let mut promoted = Vec::new();
+        match self.build_smoke_promote(record, &merge_sha, &mut done, &mut promoted).await {
+            Ok(()) => Ok(done.join("; ")),
+            Err((state, failure)) => {
+                let undone = self.undo(number, &promoted, &failure).await;
+                Err((state, format!("{}; {failure}; {undone}", done.join("; "))))
+            }
+        }
+    }
+
+    /// Each touched template in turn; `promoted` collects `(template, previous version)` of
+    /// those promoted so far, for [`Changes::undo`].
+    async fn build_smoke_promote(
+        &self,
+        record: &mut ChangeRecord,
+        merge_sha: &str,
+        done: &mut Vec<String>,
+        promoted: &mut Vec<(String, String)>,
+    ) -> Result<(), (ChangeState, String)> {
+        let broker = &self.inner.broker;
+        let number = record.pr.number;
         for template in record.templates.clone() {
             let previous = broker
                 .list_template_versions(&template)
                 .await
                 .ok()
                 .and_then(|versions| versions.into_iter().find(|v| v.active));
-            let version = self.build(&template, &merge_sha, number).await?;
+            let version = self.build(&template, merge_sha, number).await?;
             record.version_ids.push(version.version_id.clone());
             if previous.as_ref().is_some_and(|p| p.version_id == version.version_id) {
                 done.push(format!("{template} unchanged ({})", version.version_id));
@@ -90,8 +114,7 @@ impl Changes {
                 return Err((
                     ChangeState::SmokeTestFailed,
                     format!(
-                        "{}; built {template} {} but its smoke test failed ({}): {} — the previous version stays active",
-                        done.join("; "),
+                        "built {template} {} but its smoke test failed ({}): {}",
                         version.version_id,
                         smoke.outcome,
                         smoke.output_tail.trim()
@@ -101,10 +124,37 @@ impl Changes {
             broker.promote_template(&template, &version.version_id).await.map_err(|status| {
                 (ChangeState::BuildFailed, format!("promoting {} failed: {}", version.version_id, describe(&status)))
             })?;
+            if let Some(previous) = &previous {
+                promoted.push((template.clone(), previous.version_id.clone()));
+            }
             self.remember_capabilities(&template, &version, previous.as_ref(), number, &smoke).await;
             done.push(format!("built, smoke-tested and promoted {template} {}", version.version_id));
         }
-        Ok(done.join("; "))
+        Ok(())
+    }
+
+    /// After a failure past the merge: the previous versions active again and the merge reverted
+    /// on the branch. Returns what happened, for the change's detail.
+    async fn undo(&self, number: u64, promoted: &[(String, String)], failure: &str) -> String {
+        let broker = &self.inner.broker;
+        let mut undone = Vec::new();
+        for (template, previous) in promoted.iter().rev() {
+            match broker.rollback_template(template, previous).await {
+                Ok(_) => undone.push(format!("{template} rolled back to {previous}")),
+                Err(status) => undone.push(format!("{template} could not be rolled back: {}", describe(&status))),
+            }
+        }
+        undone.push("the previous version stays active".into());
+        let reason = format!("The change failed after its merge, so it is reverted: {failure}");
+        match broker.revert_pull_request(number, &reason).await {
+            Ok(revert_sha) => undone.push(format!("the merge is reverted on the branch as {}", short(&revert_sha))),
+            Err(status) => {
+                tracing::error!(pr = number, status = %describe(&status), "cannot revert a failed merge");
+                undone
+                    .push(format!("the merge could not be reverted ({}): revert #{number} by hand", describe(&status)));
+            }
+        }
+        undone.join("; ")
     }
 
     async fn build(

@@ -182,6 +182,40 @@ impl Broker {
         Ok((self.redacted(merged), merge_sha))
     }
 
+    /// Commits the tree from before a merged pull request's merge on top of it (see
+    /// [`codehost::CodeHost::revert_merge`]) and says why on the pull request. Returns the
+    /// pull request and the revert commit.
+    pub async fn revert_pull_request(&self, number: u64, reason: &str) -> Result<(PullRequest, String), BrokerError> {
+        check_number(number)?;
+        if reason.trim().is_empty() {
+            return Err(BrokerError::invalid("reason", "say why the merge is reverted"));
+        }
+        let host = &self.inner.repo.code_host;
+        let pr = host.get_pull_request(number).await.map_err(host_error)?;
+        let merge_sha = match (&pr.state, &pr.merge_sha) {
+            (codehost::PrState::Merged, Some(merge_sha)) => merge_sha.clone(),
+            _ => {
+                return Err(BrokerError::FailedPrecondition(format!(
+                    "pull request #{number} is {}, not merged: nothing to revert",
+                    pr.state.as_str()
+                )));
+            }
+        };
+        let reason = self.inner.redactor.redact_str(reason.trim()).into_owned();
+        let message = format!(
+            "Revert \"{}\" (#{number})\n\n{reason}\n\nReverts: {merge_sha}\nAgent-Studio-Revert-Of: #{number}\n",
+            pr.title.replace('\n', " ")
+        );
+        let revert_sha = host.revert_merge(&host.default_branch(), &merge_sha, &message).await.map_err(host_error)?;
+        let note = format!("Reverted on {} in {revert_sha}: {reason}", host.default_branch());
+        if let Err(error) = host.comment(number, &note).await {
+            // The revert stands; the comment only tells people browsing the pull request.
+            tracing::warn!(number, %error, "reverted, but could not comment on the pull request");
+        }
+        tracing::info!(number, %merge_sha, %revert_sha, "reverted a merged pull request");
+        Ok((self.redacted(pr), revert_sha))
+    }
+
     pub async fn close_pull_request(&self, number: u64, comment: &str) -> Result<PullRequest, BrokerError> {
         check_number(number)?;
         let host = &self.inner.repo.code_host;

@@ -282,6 +282,19 @@ impl SandboxService for SandboxGrpc {
         Ok(Response::new(pb::ClosePullRequestResponse { pull_request: Some(convert::pull_request(pr)) }))
     }
 
+    async fn revert_pull_request(
+        &self,
+        request: Request<pb::RevertPullRequestRequest>,
+    ) -> Result<Response<pb::RevertPullRequestResponse>, Status> {
+        let request = request.into_inner();
+        let (pr, revert_sha) = self
+            .broker
+            .revert_pull_request(request.number, &request.reason)
+            .await
+            .map_err(|e| self.status("RevertPullRequest", e))?;
+        Ok(Response::new(pb::RevertPullRequestResponse { pull_request: Some(convert::pull_request(pr)), revert_sha }))
+    }
+
     type BuildTemplateStream = template_repo::BuildStream;
 
     async fn build_template(
