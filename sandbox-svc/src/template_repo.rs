@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use codehost::{CodeHost, CodeHostError, TreeFile, TreeLimits};
+use codehost::{CodeHost, CodeHostError, TreeFile};
 use tokio::sync::mpsc;
 
 use crate::broker::BrokerError;
 use crate::template::builder::{BuildInput, TemplateBuilder};
 use crate::template::registry::{RegistryError, TemplateRegistry, VersionRecord, VersionStatus, unix_millis};
+use crate::template::tree_cache::TreeCache;
 use crate::template::{Template, templates_in_tree};
 
 /// Log lines a build may queue before the builder waits for the client to read them.
@@ -27,6 +28,7 @@ pub struct TemplateRepo {
     /// One build at a time: builds are heavy, and promotion order must follow build order.
     build_lock: tokio::sync::Mutex<()>,
     approvals: UsedApprovals,
+    trees: TreeCache,
 }
 
 /// What a merge must carry: a human's approval of exactly this head.
@@ -53,7 +55,14 @@ impl TemplateRepo {
             builder,
             build_lock: tokio::sync::Mutex::new(()),
             approvals: UsedApprovals::open(used_approvals_file)?,
+            trees: TreeCache::default(),
         })
+    }
+
+    /// Every file of the template repository at commit `sha` (read from the code host once per
+    /// commit while it stays cached).
+    pub async fn tree(&self, sha: &str) -> Result<Arc<Vec<TreeFile>>, BrokerError> {
+        self.trees.files(self.code_host.as_ref(), sha).await.map_err(host_error)
     }
 
     /// Gives every template found on the default branch that has no active version yet a first
@@ -61,7 +70,7 @@ impl TemplateRepo {
     pub async fn bootstrap(&self) -> Result<(), BrokerError> {
         let branch = self.code_host.default_branch();
         let head = self.code_host.branch_head(&branch).await.map_err(host_error)?;
-        let tree = self.code_host.read_tree(&head, TreeLimits::default()).await.map_err(host_error)?;
+        let tree = self.tree(&head).await?;
         let templates = templates_in_tree(tree.iter().map(|f| (f.path.as_str(), f.content.as_slice())))
             .map_err(|e| BrokerError::FailedPrecondition(e.to_string()))?;
         for (template, _) in templates {
@@ -89,8 +98,8 @@ impl TemplateRepo {
     pub async fn checkout(&self, template: &Template) -> Result<Option<(String, Vec<TreeFile>)>, BrokerError> {
         let Some(target) = &template.checkout else { return Ok(None) };
         let (_, record) = self.registry.active(target).map_err(registry_error)?;
-        let files = self.code_host.read_tree(&record.git_sha, TreeLimits::default()).await.map_err(host_error)?;
-        Ok(Some((record.git_sha, files)))
+        let files = self.tree(&record.git_sha).await?;
+        Ok(Some((record.git_sha, files.as_ref().clone())))
     }
 
     /// Builds `template` at `git_sha` (empty = the default branch's head) into a version,
@@ -108,11 +117,11 @@ impl TemplateRepo {
             sha => sha.to_owned(),
         };
         let _ = log.send(format!("reading {template}/ at {git_sha} from {}", self.code_host.repository())).await;
-        let tree = self.code_host.read_tree(&git_sha, TreeLimits::default()).await.map_err(host_error)?;
+        let tree = self.tree(&git_sha).await?;
         let prefix = format!("{template}/");
         let files: Vec<(String, Vec<u8>)> = tree
-            .into_iter()
-            .filter_map(|f| f.path.strip_prefix(&prefix).map(|rest| (rest.to_owned(), f.content)))
+            .iter()
+            .filter_map(|f| f.path.strip_prefix(&prefix).map(|rest| (rest.to_owned(), f.content.clone())))
             .collect();
         if files.is_empty() {
             return Err(BrokerError::NotFound(format!("template {template:?} does not exist at {git_sha}")));

@@ -54,6 +54,10 @@ async fn the_template_flow_runs_against_github() {
     assert!(pr.url.contains("acme/worker-template/pull/"), "{}", pr.url);
     assert!(pr.diff.contains("+RUN npm install -g playwright"), "{}", pr.diff);
     let calls = github.calls();
+    // The bootstrap, both first builds, the checkout and the proposal's base all read one commit:
+    // its tree is listed (and its files fetched) once.
+    let tree_reads = calls.iter().filter(|c| c.starts_with("GET git/trees/")).count();
+    assert_eq!(tree_reads, 1, "{calls:?}");
     let writes: Vec<&str> = calls.iter().map(String::as_str).filter(|c| c.starts_with("POST")).collect();
     assert_eq!(writes, ["POST git/blobs", "POST git/trees", "POST git/commits", "POST git/refs", "POST pulls"]);
     for recorded in github.requests() {

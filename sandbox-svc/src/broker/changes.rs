@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use codehost::{CommitIdentity, FileChange, NewPullRequest, PullRequest, TreeFile, TreeLimits};
+use codehost::{CommitIdentity, FileChange, NewPullRequest, PullRequest, TreeFile};
 
 use super::{Broker, BrokerError};
 use crate::provider::{ExportLimits, ProviderSandbox, WorkspaceEntry};
@@ -81,7 +81,7 @@ impl Broker {
             (asked, opened) => asked.or(opened),
         };
         let host = &self.inner.repo.code_host;
-        let base = host.read_tree(&base_sha, TreeLimits::default()).await.map_err(host_error)?;
+        let base = self.inner.repo.tree(&base_sha).await?;
         let exported = entry.handle.export_workspace(EXPORT_LIMITS).await?;
         let changes = changes_against(&base, exported)?;
         if changes.is_empty() {

@@ -8,6 +8,7 @@
 pub mod builder;
 pub mod e2b_builder;
 pub mod registry;
+pub mod tree_cache;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
