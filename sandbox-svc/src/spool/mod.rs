@@ -5,7 +5,7 @@
 //! slow or absent reader never slows the process, and memory stays flat whatever the output rate:
 //! the data lives in the page cache, not in the broker's heap.
 //!
-//! Layout: `<dir>/<n>.seg`, each a run of records `[seq u64][kind u8][pad 3][len u32][payload]`
+//! Layout: `<dir>/<n>.seg`, each a run of records `[seq u64][kind u8][tag 3][len u32][payload]`
 //! (little endian). Segments roll at `segment_bytes`; when the total passes the limit the oldest
 //! segment is dropped (a reader holding it open finishes it first) and readers that ask for
 //! what is gone get a `Truncated` event first.
@@ -88,6 +88,10 @@ struct Segment {
     len: AtomicU64,
     /// No more records will be appended (a newer segment exists).
     sealed: AtomicBool,
+    /// Random per life of the file, carried by each of its records: a recycled file still holds
+    /// records of its previous life past `len`, and a reopen after a crash must not take them
+    /// (or bytes a process wrote to look like them) for this life's.
+    tag: [u8; 3],
 }
 
 struct SpoolState {
@@ -191,6 +195,7 @@ impl Spool {
         let mut header = [0u8; HEADER_LEN];
         header[..8].copy_from_slice(&seq.to_le_bytes());
         header[8] = kind;
+        header[9..12].copy_from_slice(&segment.tag);
         header[12..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         let offset = segment.len.load(Ordering::Relaxed);
         write_all_at(&*segment.file()?, &header, &payload, offset)?;
@@ -255,12 +260,15 @@ impl Spool {
             previous.sealed.store(true, Ordering::Release);
         }
         state.next_segment_number += 1;
+        let random = uuid::Uuid::new_v4();
+        let tag = [random.as_bytes()[0], random.as_bytes()[1], random.as_bytes()[2]];
         state.segments.push_back(Arc::new(Segment {
             file: Mutex::new(Some(Arc::new(file))),
             path,
             first_seq,
             len: AtomicU64::new(0),
             sealed: AtomicBool::new(false),
+            tag,
         }));
         Ok(())
     }

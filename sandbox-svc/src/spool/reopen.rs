@@ -3,7 +3,8 @@
 //! what came next, never other bytes under numbers it has already seen.
 //!
 //! A segment's records run from its start up to the first header that does not continue the
-//! seq run or a record that does not fit in the file: beyond that lie bytes of a torn last write
+//! seq run, carries another tag than the first (each life of a file has its own random tag), or
+//! a record that does not fit in the file: beyond that lie bytes of a torn last write
 //! or of the file's previous life (a dropped segment's file is recycled, overwritten in place as
 //! the next segment, so file names say nothing about order and a segment can carry an old tail
 //! that readers never reach). Reopening therefore orders segments by their first seq, keeps the
@@ -46,6 +47,8 @@ struct ScannedSegment {
     len: u64,
     /// The file holds more bytes than that (a torn write or an old tail).
     has_tail: bool,
+    /// The tag of this life of the file (its first record's).
+    tag: [u8; 3],
 }
 
 impl Spool {
@@ -104,6 +107,7 @@ impl Spool {
                 first_seq: scanned.first_seq,
                 len: AtomicU64::new(scanned.len),
                 sealed: AtomicBool::new(!is_last),
+                tag: scanned.tag,
             }));
         }
         let spool = Spool {
@@ -176,9 +180,10 @@ fn scan_segment(path: &Path) -> io::Result<Option<ScannedSegment>> {
         file.read_exact_at(&mut header, offset)?;
         let seq = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
         let kind = header[8];
+        let tag: [u8; 3] = header[9..12].try_into().expect("3 bytes");
         let len = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")) as u64;
         let end = offset + HEADER_LEN as u64 + len;
-        let continues = seq >= 1 && scanned.as_ref().is_none_or(|s| seq == s.last_seq + 1);
+        let continues = seq >= 1 && scanned.as_ref().is_none_or(|s| seq == s.last_seq + 1 && tag == s.tag);
         if !continues || !(1..=LAST_KIND).contains(&kind) || end > file_len || (kind == EXITED_KIND && len != 8) {
             break;
         }
@@ -190,6 +195,7 @@ fn scan_segment(path: &Path) -> io::Result<Option<ScannedSegment>> {
             last_payload_offset: 0,
             len: 0,
             has_tail: false,
+            tag,
         });
         record.last_seq = seq;
         record.last_kind = kind;
@@ -274,8 +280,22 @@ mod tests {
         torn.extend(100u32.to_le_bytes());
         torn.extend(b"abc");
         std::fs::OpenOptions::new().append(true).open(&segment).unwrap().write_all(&torn).unwrap();
-        let spool = Spool::reopen(path, 1 << 20).unwrap().unwrap().spool;
+        let spool = Spool::reopen(path.clone(), 1 << 20).unwrap().unwrap().spool;
         assert_eq!(std::fs::metadata(&segment).unwrap().len(), intact_len, "the torn record is gone");
+        drop(spool);
+        // A whole record in sequence, but not of this life of the file (an old tail of a recycled
+        // file, or output made to look like a record): its tag gives it away.
+        let written = std::fs::read(&segment).unwrap();
+        let life_tag = &written[9..12];
+        let mut forged = Vec::from(12u64.to_le_bytes());
+        forged.push(4);
+        forged.extend(life_tag.iter().map(|b| !b));
+        forged.extend(8u32.to_le_bytes());
+        forged.extend([0u8; 8]);
+        std::fs::OpenOptions::new().append(true).open(&segment).unwrap().write_all(&forged).unwrap();
+        let spool = Spool::reopen(path, 1 << 20).unwrap().unwrap().spool;
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), intact_len, "the foreign record is gone");
+        assert!(!spool.head().finished, "its forged exit was not taken");
         assert_eq!(read_all(&mut spool.reader(0)), before);
         assert_eq!(spool.append(&stdout("next\n")).unwrap(), 12);
         assert_eq!(read_all(&mut spool.reader(11)), [SpooledEvent { seq: 12, body: stdout("next\n") }]);
