@@ -90,7 +90,7 @@ pub async fn serve_with_ready(
         config.history_token_budget,
     );
     let leftovers = workers.leftovers().await.context("cannot list the workers a previous conductor left")?;
-    start_background(&workers, leftovers);
+    start_background(&workers, &changes, leftovers);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ConductorServiceServer<ConductorGrpc>>().await;
@@ -148,8 +148,8 @@ pub async fn serve_with_ready(
 
 /// Re-adopts running workers and records the broker's capabilities, retrying while the broker
 /// is unreachable (it may start after the conductor).
-fn start_background(workers: &Workers, leftovers: Vec<crate::store::WorkerRow>) {
-    let workers = workers.clone();
+fn start_background(workers: &Workers, changes: &Changes, leftovers: Vec<crate::store::WorkerRow>) {
+    let (workers, changes) = (workers.clone(), changes.clone());
     tokio::spawn(async move {
         let mut delay = std::time::Duration::from_millis(500);
         loop {
@@ -169,6 +169,11 @@ fn start_background(workers: &Workers, leftovers: Vec<crate::store::WorkerRow>) 
             Ok(0) => {}
             Ok(adopted) => tracing::info!(adopted, "re-adopted running workers"),
             Err(error) => tracing::error!(%error, "could not re-adopt running workers"),
+        }
+        // Then the change pipelines the previous run left mid-way.
+        let settled = changes.resume_interrupted().await;
+        if settled > 0 {
+            tracing::info!(settled, "settled change pipelines a previous run left mid-way");
         }
     });
 }

@@ -173,8 +173,8 @@ async fn the_seed_scenario_runs_end_to_end_offline() {
 }
 
 /// Opens a PR straight through the broker from an infrastructure sandbox running `script`.
-async fn broker_pr(stack: &Stack, script: &str, title: &str) -> (String, sandbox_pb::PullRequest) {
-    let mut broker = stack.broker.client().await;
+async fn broker_pr(broker: &TestBroker, script: &str, title: &str) -> (String, sandbox_pb::PullRequest) {
+    let mut broker = broker.client().await;
     let sandbox = create(&mut broker, "infrastructure").await;
     let events = run(&mut broker, &sandbox.sandbox_id, script).await;
     assert_eq!(exit_of(&events).unwrap().exit_code, 0, "{}", stderr_of(&events));
@@ -192,7 +192,8 @@ async fn broker_pr(stack: &Stack, script: &str, title: &str) -> (String, sandbox
 async fn approvals_bind_to_the_head_and_guard_every_merge() {
     let stack = Stack::start(|_| {}).await;
     let mut client = stack.conductor.client().await;
-    let (sandbox_id, pr) = broker_pr(&stack, "echo '# a comment' >> worker/Dockerfile", "Comment the Dockerfile").await;
+    let (sandbox_id, pr) =
+        broker_pr(&stack.broker, "echo '# a comment' >> worker/Dockerfile", "Comment the Dockerfile").await;
     let vetted = change(&mut client, pr.number).await;
     assert_eq!(vetted.state, pb::ChangeState::AwaitingApproval as i32, "{}", vetted.state_detail);
     let digest = vetted.report.unwrap().digest;
@@ -258,11 +259,11 @@ async fn a_failing_smoke_test_keeps_the_old_version_and_rollback_restores_any() 
     let original = worker_versions(&mut client).await.into_iter().find(|v| v.active).unwrap();
 
     // Promote a good change first.
-    let (_, good_pr) = broker_pr(&stack, "echo '# fine' >> worker/Dockerfile", "Fine").await;
+    let (_, good_pr) = broker_pr(&stack.broker, "echo '# fine' >> worker/Dockerfile", "Fine").await;
     assert_eq!(approve_and_settle(&mut client, &good_pr).await.state, pb::ChangeState::Promoted as i32);
     let breaks_smoke =
         "sed -i 's/^smoke_test = \"bash --version.*/smoke_test = \"echo checking; exit 3\"/' worker/template.toml";
-    let (_, pr) = broker_pr(&stack, breaks_smoke, "Change the smoke test").await;
+    let (_, pr) = broker_pr(&stack.broker, breaks_smoke, "Change the smoke test").await;
     let done = approve_and_settle(&mut client, &pr).await;
     assert_eq!(done.state, pb::ChangeState::SmokeTestFailed as i32, "{}", done.state_detail);
     assert!(done.state_detail.contains("exit 3") && done.state_detail.contains("checking"), "{}", done.state_detail);
@@ -273,7 +274,7 @@ async fn a_failing_smoke_test_keeps_the_old_version_and_rollback_restores_any() 
     assert_eq!(versions.len(), 3, "the failed candidate is listed, not active");
     // The failed merge is reverted on the branch: the next change does not inherit it.
     assert!(done.state_detail.contains("the merge is reverted on the branch as"), "{}", done.state_detail);
-    let (_, next) = broker_pr(&stack, "echo '# next' >> worker/Dockerfile", "Next").await;
+    let (_, next) = broker_pr(&stack.broker, "echo '# next' >> worker/Dockerfile", "Next").await;
     assert!(!next.diff.contains("exit 3"), "{}", next.diff);
     let next_done = approve_and_settle(&mut client, &next).await;
     assert_eq!(next_done.state, pb::ChangeState::Promoted as i32, "{}", next_done.state_detail);
@@ -281,7 +282,7 @@ async fn a_failing_smoke_test_keeps_the_old_version_and_rollback_restores_any() 
     assert!(versions.iter().any(|v| v.active && v.pr_number == next.number), "{versions:?}");
 
     // A rejected PR is closed and can never merge.
-    let (_, second) = broker_pr(&stack, "echo '# x' >> worker/Dockerfile", "Another").await;
+    let (_, second) = broker_pr(&stack.broker, "echo '# x' >> worker/Dockerfile", "Another").await;
     let err = client
         .reject_change(pb::RejectChangeRequest {
             pr_number: second.number,
@@ -361,4 +362,58 @@ async fn the_claude_brain_drives_the_same_flow_and_cannot_approve() {
     }
     stack.conductor.stop().await;
     stack.broker.stop().await.unwrap();
+}
+
+/// Marks change `number` as `approved` in the conductor's database, as a conductor that stopped
+/// in the middle of its pipeline leaves it.
+async fn leave_mid_pipeline(conductor_data: &std::path::Path, number: u64) {
+    let url = format!("sqlite://{}", conductor_data.join("conductor.db").display());
+    let store = conductor_svc::store::Store::connect(&url).await.unwrap();
+    let mut row = store.get_change(number).await.unwrap().expect("the change was recorded");
+    let mut document: serde_json::Value = serde_json::from_str(&row.document).unwrap();
+    document["state"] = json!("approved");
+    document["state_detail"] = json!("approved by alice; merging");
+    row.document = document.to_string();
+    row.state = "approved".into();
+    store.save_change(&row).await.unwrap();
+}
+
+#[tokio::test]
+async fn pipelines_a_stopped_conductor_left_mid_way_are_settled_at_its_next_start() {
+    let Stack { broker, conductor, data_dir } = Stack::start(|_| {}).await;
+    let mut client = conductor.client().await;
+    // #1: approved, but the conductor stopped before merging it.
+    let (_, not_merged) = broker_pr(&broker, "echo '# one' >> worker/Dockerfile", "One").await;
+    change(&mut client, not_merged.number).await;
+    // #2: merged, but the conductor stopped before building it.
+    let (_, merged) = broker_pr(&broker, "echo '# two' >> infrastructure/Dockerfile", "Two").await;
+    change(&mut client, merged.number).await;
+    let merge = sandbox_pb::MergePullRequestRequest {
+        number: merged.number,
+        expected_head_sha: merged.head_sha.clone(),
+        approval: Some(crate::common::approval(&merged.head_sha, "resume-1")),
+    };
+    broker.client().await.merge_pull_request(merge).await.unwrap();
+    conductor.stop().await;
+    let conductor_data = conductor_dir(data_dir.path());
+    for number in [not_merged.number, merged.number] {
+        leave_mid_pipeline(&conductor_data, number).await;
+    }
+
+    let conductor = TestConductor::start(&broker, &conductor_data, |_| {}).await;
+    let mut client = conductor.client().await;
+    let first = wait_settled(&mut client, not_merged.number).await;
+    assert_eq!(first.state, pb::ChangeState::AwaitingApproval as i32, "{}", first.state_detail);
+    assert!(first.state_detail.contains("nothing was merged"), "{}", first.state_detail);
+    let second = wait_settled(&mut client, merged.number).await;
+    assert_eq!(second.state, pb::ChangeState::Promoted as i32, "{}", second.state_detail);
+    assert!(second.state_detail.contains("resumed"), "{}", second.state_detail);
+    let request = pb::ListTemplateVersionsRequest { template: "infrastructure".into() };
+    let versions = client.list_template_versions(request).await.unwrap().into_inner().versions;
+    assert!(versions.iter().any(|v| v.active && v.pr_number == merged.number), "{versions:?}");
+    // #1 can be approved again, and lands.
+    let again = approve_and_settle(&mut client, &not_merged).await;
+    assert_eq!(again.state, pb::ChangeState::Promoted as i32, "{}", again.state_detail);
+    conductor.stop().await;
+    broker.stop().await.unwrap();
 }

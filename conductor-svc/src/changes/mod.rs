@@ -7,6 +7,7 @@
 
 mod pipeline;
 pub mod report;
+mod resume;
 mod smoke;
 
 use std::sync::Arc;

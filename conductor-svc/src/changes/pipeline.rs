@@ -19,8 +19,17 @@ const BUILD_LOG_TAIL_LINES: usize = 20;
 impl Changes {
     pub(super) async fn run_pipeline(&self, mut record: ChangeRecord, approval: ApprovalRow) -> ChangeRecord {
         let _one_at_a_time = self.inner.pipeline.lock().await;
-        let number = record.pr.number;
         let outcome = self.merge_build_promote(&mut record, &approval).await;
+        self.settle(record, outcome).await
+    }
+
+    /// Records how a pipeline ended, in the change and the audit log.
+    pub(super) async fn settle(
+        &self,
+        mut record: ChangeRecord,
+        outcome: Result<String, (ChangeState, String)>,
+    ) -> ChangeRecord {
+        let number = record.pr.number;
         let (state, detail) = match outcome {
             Ok(detail) => (ChangeState::Promoted, detail),
             Err((state, detail)) => (state, detail),
@@ -70,14 +79,24 @@ impl Changes {
         if let Some(pr) = &merged.pull_request {
             record.pr = super::PrSnapshot::from(pr);
         }
-        let merge_sha = merged.merge_sha;
-        let mut done = vec![format!("merged #{number} as {}", short(&merge_sha))];
+        self.after_merge(record, &merged.merge_sha).await
+    }
+
+    /// Builds, smoke-tests and promotes each template the change touched at `merge_sha`; on a
+    /// failure, rolls back what it promoted and reverts the merge.
+    pub(super) async fn after_merge(
+        &self,
+        record: &mut ChangeRecord,
+        merge_sha: &str,
+    ) -> Result<String, (ChangeState, String)> {
+        let number = record.pr.number;
+        let mut done = vec![format!("merged #{number} as {}", short(merge_sha))];
         if record.templates.is_empty() {
             done.push("no template directory changed: nothing to build".into());
             return Ok(done.join("; "));
         }
         let mut promoted = Vec::new();
-        match self.build_smoke_promote(record, &merge_sha, &mut done, &mut promoted).await {
+        match self.build_smoke_promote(record, merge_sha, &mut done, &mut promoted).await {
             Ok(()) => Ok(done.join("; ")),
             Err((state, failure)) => {
                 let undone = self.undo(number, &promoted, &failure).await;
