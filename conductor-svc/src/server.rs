@@ -90,7 +90,9 @@ pub async fn serve_with_ready(
         config.history_token_budget,
     );
     let leftovers = workers.leftovers().await.context("cannot list the workers a previous conductor left")?;
-    start_background(&workers, &changes, leftovers);
+    // Held until the pipelines a previous run left mid-way are settled: none starts before.
+    let pipelines_held = changes.hold_pipelines().await;
+    start_background(&workers, &changes, pipelines_held, leftovers);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ConductorServiceServer<ConductorGrpc>>().await;
@@ -148,7 +150,12 @@ pub async fn serve_with_ready(
 
 /// Re-adopts running workers and records the broker's capabilities, retrying while the broker
 /// is unreachable (it may start after the conductor).
-fn start_background(workers: &Workers, changes: &Changes, leftovers: Vec<crate::store::WorkerRow>) {
+fn start_background(
+    workers: &Workers,
+    changes: &Changes,
+    pipelines_held: crate::changes::PipelinesHeld,
+    leftovers: Vec<crate::store::WorkerRow>,
+) {
     let (workers, changes) = (workers.clone(), changes.clone());
     tokio::spawn(async move {
         let mut delay = std::time::Duration::from_millis(500);
@@ -171,7 +178,7 @@ fn start_background(workers: &Workers, changes: &Changes, leftovers: Vec<crate::
             Err(error) => tracing::error!(%error, "could not re-adopt running workers"),
         }
         // Then the change pipelines the previous run left mid-way.
-        let settled = changes.resume_interrupted().await;
+        let settled = changes.resume_interrupted(pipelines_held).await;
         if settled > 0 {
             tracing::info!(settled, "settled change pipelines a previous run left mid-way");
         }

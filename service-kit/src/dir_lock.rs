@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,6 +34,9 @@ impl DirLock {
             .write(true)
             .create(true)
             .truncate(false)
+            // Owner only: another user (a `local` sandbox's) able to open it could flock it and
+            // hold every later start off.
+            .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot open the data dir lock {}", path.display()))?;
         let deadline = tokio::time::Instant::now() + wait;

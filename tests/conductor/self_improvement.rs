@@ -364,11 +364,15 @@ async fn the_claude_brain_drives_the_same_flow_and_cannot_approve() {
     stack.broker.stop().await.unwrap();
 }
 
-/// Marks change `number` as `approved` in the conductor's database, as a conductor that stopped
-/// in the middle of its pipeline leaves it.
-async fn leave_mid_pipeline(conductor_data: &std::path::Path, number: u64) {
+/// The conductor's database while it is stopped.
+async fn conductor_store(conductor_data: &std::path::Path) -> conductor_svc::store::Store {
     let url = format!("sqlite://{}", conductor_data.join("conductor.db").display());
-    let store = conductor_svc::store::Store::connect(&url).await.unwrap();
+    conductor_svc::store::Store::connect(&url).await.unwrap()
+}
+
+/// Marks change `number` as `approved`, as a conductor that stopped in the middle of its
+/// pipeline leaves it.
+async fn leave_mid_pipeline(store: &conductor_svc::store::Store, number: u64) {
     let mut row = store.get_change(number).await.unwrap().expect("the change was recorded");
     let mut document: serde_json::Value = serde_json::from_str(&row.document).unwrap();
     document["state"] = json!("approved");
@@ -378,27 +382,53 @@ async fn leave_mid_pipeline(conductor_data: &std::path::Path, number: u64) {
     store.save_change(&row).await.unwrap();
 }
 
+/// Merges `pr` at the broker with approval `id`, as a pipeline does.
+async fn merge_at_broker(broker: &TestBroker, pr: &sandbox_pb::PullRequest, id: &str) {
+    let merge = sandbox_pb::MergePullRequestRequest {
+        number: pr.number,
+        expected_head_sha: pr.head_sha.clone(),
+        approval: Some(crate::common::approval(&pr.head_sha, id)),
+    };
+    broker.client().await.merge_pull_request(merge).await.unwrap();
+}
+
 #[tokio::test]
 async fn pipelines_a_stopped_conductor_left_mid_way_are_settled_at_its_next_start() {
     let Stack { broker, conductor, data_dir } = Stack::start(|_| {}).await;
     let mut client = conductor.client().await;
     // #1: approved, but the conductor stopped before merging it.
     let (_, not_merged) = broker_pr(&broker, "echo '# one' >> worker/Dockerfile", "One").await;
-    change(&mut client, not_merged.number).await;
-    // #2: merged, but the conductor stopped before building it.
+    // #2: approved and merged (the approval used), but the conductor stopped before building.
     let (_, merged) = broker_pr(&broker, "echo '# two' >> infrastructure/Dockerfile", "Two").await;
-    change(&mut client, merged.number).await;
-    let merge = sandbox_pb::MergePullRequestRequest {
-        number: merged.number,
-        expected_head_sha: merged.head_sha.clone(),
-        approval: Some(crate::common::approval(&merged.head_sha, "resume-1")),
-    };
-    broker.client().await.merge_pull_request(merge).await.unwrap();
+    // #3: merged, but with no approval the conductor recorded (merged by hand on the host).
+    let (_, by_hand) = broker_pr(&broker, "echo '# three' > worker/NOTES.md", "Three").await;
+    for pr in [&not_merged, &merged, &by_hand] {
+        change(&mut client, pr.number).await;
+    }
+    merge_at_broker(&broker, &merged, "resume-2").await;
+    merge_at_broker(&broker, &by_hand, "resume-3").await;
     conductor.stop().await;
     let conductor_data = conductor_dir(data_dir.path());
-    for number in [not_merged.number, merged.number] {
-        leave_mid_pipeline(&conductor_data, number).await;
+    let store = conductor_store(&conductor_data).await;
+    let now = std::time::SystemTime::now();
+    let used = conductor_svc::store::ApprovalRow {
+        approval_id: "resume-2".into(),
+        pr_number: merged.number,
+        head_sha: merged.head_sha.clone(),
+        report_digest: String::new(),
+        approver: "alice".into(),
+        override_reason: String::new(),
+        approved_at: now,
+        expires_at: now + std::time::Duration::from_secs(3600),
+        used_at: None,
+        void_reason: String::new(),
+    };
+    store.insert_approval(&used).await.unwrap();
+    assert!(store.use_approval("resume-2", now).await.unwrap());
+    for pr in [&not_merged, &merged, &by_hand] {
+        leave_mid_pipeline(&store, pr.number).await;
     }
+    drop(store);
 
     let conductor = TestConductor::start(&broker, &conductor_data, |_| {}).await;
     let mut client = conductor.client().await;
@@ -411,6 +441,11 @@ async fn pipelines_a_stopped_conductor_left_mid_way_are_settled_at_its_next_star
     let request = pb::ListTemplateVersionsRequest { template: "infrastructure".into() };
     let versions = client.list_template_versions(request).await.unwrap().into_inner().versions;
     assert!(versions.iter().any(|v| v.active && v.pr_number == merged.number), "{versions:?}");
+    let third = wait_settled(&mut client, by_hand.number).await;
+    assert_eq!(third.state, pb::ChangeState::Closed as i32, "{}", third.state_detail);
+    assert!(third.state_detail.contains("outside Stu's approval flow"), "{}", third.state_detail);
+    let workers = worker_versions(&mut client).await;
+    assert!(!workers.iter().any(|v| v.pr_number == by_hand.number), "nothing built from #3: {workers:?}");
     // #1 can be approved again, and lands.
     let again = approve_and_settle(&mut client, &not_merged).await;
     assert_eq!(again.state, pb::ChangeState::Promoted as i32, "{}", again.state_detail);

@@ -21,6 +21,7 @@ use crate::brain::Brain;
 use crate::broker_client::{self, BrokerClient};
 use crate::store::{ApprovalRow, AuditEntry, ChangeRow, Store, StoreError};
 pub use report::Report;
+pub use resume::PipelinesHeld;
 
 /// How long a recorded approval may wait before the merge uses it, unless configured
 /// (CONDUCTOR_APPROVAL_TTL).
@@ -158,6 +159,30 @@ pub struct ChangeRecord {
     /// Versions built from the merge, one per template.
     pub version_ids: Vec<String>,
     pub origin: Origin,
+    /// Templates this change promoted so far, saved as each promotion happens: what an undo
+    /// rolls back, also when the pipeline resumes after a conductor restart.
+    #[serde(default)]
+    pub promoted: Vec<Promotion>,
+    /// Saved before an undo starts: the failure being undone. A resumed pipeline finishes the
+    /// undo rather than building again.
+    #[serde(default)]
+    pub undoing: Option<Failure>,
+}
+
+/// One template a change promoted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub template: String,
+    pub version_id: String,
+    /// The version it replaced; `None` when the template had none (the change added it).
+    pub replaced: Option<String>,
+}
+
+/// Why a pipeline failed after the merge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub state: ChangeState,
+    pub detail: String,
 }
 
 /// A change as shown to people: the record, the live diff, the latest approval.
@@ -192,12 +217,12 @@ struct Inner {
     brain: Arc<dyn Brain>,
     approval_ttl: Duration,
     /// One merge-build-promote at a time: template versions move in approval order.
-    pipeline: tokio::sync::Mutex<()>,
+    pipeline: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Changes {
     pub fn new(store: Store, broker: BrokerClient, brain: Arc<dyn Brain>, approval_ttl: Duration) -> Changes {
-        let pipeline = tokio::sync::Mutex::new(());
+        let pipeline = Arc::new(tokio::sync::Mutex::new(()));
         Changes { inner: Arc::new(Inner { store, broker, brain, approval_ttl, pipeline }) }
     }
 
@@ -291,6 +316,8 @@ impl Changes {
             version_ids: Vec::new(),
             origin,
             report,
+            promoted: Vec::new(),
+            undoing: None,
         };
         self.save(&record).await?;
         self.audit(

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use agentstudio_proto::sandbox::v1 as pb;
 
-use super::{ChangeRecord, ChangeState, Changes, smoke};
+use super::{ChangeRecord, ChangeState, Changes, Failure, Promotion, smoke};
 use crate::broker_client::describe;
 use crate::store::{ApprovalRow, CapabilityRow, MemoryRow};
 
@@ -83,7 +83,9 @@ impl Changes {
     }
 
     /// Builds, smoke-tests and promotes each template the change touched at `merge_sha`; on a
-    /// failure, rolls back what it promoted and reverts the merge.
+    /// failure, rolls back what it promoted and reverts the merge. Progress is saved in the
+    /// record as it happens, so a pipeline resumed after a restart skips what is done and
+    /// undoes what it must.
     pub(super) async fn after_merge(
         &self,
         record: &mut ChangeRecord,
@@ -95,28 +97,30 @@ impl Changes {
             done.push("no template directory changed: nothing to build".into());
             return Ok(done.join("; "));
         }
-        let mut promoted = Vec::new();
-        match self.build_smoke_promote(record, merge_sha, &mut done, &mut promoted).await {
+        match self.build_smoke_promote(record, merge_sha, &mut done).await {
             Ok(()) => Ok(done.join("; ")),
             Err((state, failure)) => {
-                let undone = self.undo(number, &promoted, &failure).await;
-                Err((state, format!("{}; {failure}; {undone}", done.join("; "))))
+                record.undoing = Some(Failure { state, detail: format!("{}; {failure}", done.join("; ")) });
+                self.save_progress(record).await;
+                Err(self.undo(record).await)
             }
         }
     }
 
-    /// Each touched template in turn; `promoted` collects `(template, previous version)` of
-    /// those promoted so far, for [`Changes::undo`].
+    /// Each touched template in turn, skipping those the record says are promoted already.
     async fn build_smoke_promote(
         &self,
         record: &mut ChangeRecord,
         merge_sha: &str,
         done: &mut Vec<String>,
-        promoted: &mut Vec<(String, String)>,
     ) -> Result<(), (ChangeState, String)> {
         let broker = &self.inner.broker;
         let number = record.pr.number;
         for template in record.templates.clone() {
+            if let Some(promoted) = record.promoted.iter().find(|p| p.template == template) {
+                done.push(format!("{template} {} promoted before the restart", promoted.version_id));
+                continue;
+            }
             let previous = broker
                 .list_template_versions(&template)
                 .await
@@ -143,28 +147,41 @@ impl Changes {
             broker.promote_template(&template, &version.version_id).await.map_err(|status| {
                 (ChangeState::BuildFailed, format!("promoting {} failed: {}", version.version_id, describe(&status)))
             })?;
-            if let Some(previous) = &previous {
-                promoted.push((template.clone(), previous.version_id.clone()));
-            }
+            record.promoted.push(Promotion {
+                template: template.clone(),
+                version_id: version.version_id.clone(),
+                replaced: previous.as_ref().map(|p| p.version_id.clone()),
+            });
+            self.save_progress(record).await;
             self.remember_capabilities(&template, &version, previous.as_ref(), number, &smoke).await;
             done.push(format!("built, smoke-tested and promoted {template} {}", version.version_id));
         }
         Ok(())
     }
 
-    /// After a failure past the merge: the previous versions active again and the merge reverted
-    /// on the branch. Returns what happened, for the change's detail.
-    async fn undo(&self, number: u64, promoted: &[(String, String)], failure: &str) -> String {
+    /// Finishes `record.undoing`: what the change promoted rolled back, the merge reverted on
+    /// the branch. Returns the failure with what the undo did, for the change's detail.
+    pub(super) async fn undo(&self, record: &ChangeRecord) -> (ChangeState, String) {
         let broker = &self.inner.broker;
+        let number = record.pr.number;
+        let failure = record.undoing.clone().expect("undo is called with the failure recorded");
         let mut undone = Vec::new();
-        for (template, previous) in promoted.iter().rev() {
-            match broker.rollback_template(template, previous).await {
-                Ok(_) => undone.push(format!("{template} rolled back to {previous}")),
+        for promotion in record.promoted.iter().rev() {
+            let template = &promotion.template;
+            let Some(replaced) = &promotion.replaced else {
+                undone.push(format!(
+                    "{template} stays at {}: it had no earlier version to go back to",
+                    promotion.version_id
+                ));
+                continue;
+            };
+            match broker.rollback_template(template, replaced).await {
+                Ok(_) => undone.push(format!("{template} rolled back to {replaced}")),
                 Err(status) => undone.push(format!("{template} could not be rolled back: {}", describe(&status))),
             }
         }
         undone.push("the previous version stays active".into());
-        let reason = format!("The change failed after its merge, so it is reverted: {failure}");
+        let reason = format!("The change failed after its merge, so it is reverted: {}", failure.detail);
         match broker.revert_pull_request(number, &reason).await {
             Ok(revert_sha) => undone.push(format!("the merge is reverted on the branch as {}", short(&revert_sha))),
             Err(status) => {
@@ -173,7 +190,15 @@ impl Changes {
                     .push(format!("the merge could not be reverted ({}): revert #{number} by hand", describe(&status)));
             }
         }
-        undone.join("; ")
+        (failure.state, format!("{}; {}", failure.detail, undone.join("; ")))
+    }
+
+    /// Saves a pipeline's progress; a failure to save is logged (the pipeline goes on, and its
+    /// outcome is saved again when it settles).
+    async fn save_progress(&self, record: &ChangeRecord) {
+        if let Err(error) = self.save(record).await {
+            tracing::error!(pr = record.pr.number, %error, "cannot record a change pipeline's progress");
+        }
     }
 
     async fn build(

@@ -44,6 +44,25 @@ impl Store {
         })
     }
 
+    /// Changes in `state`, least recently updated first (for `approved`: the order pipelines
+    /// were started in), at most `limit` (0 = the default, capped like every list).
+    pub async fn changes_in_state(&self, state: &str, limit: u32) -> Result<Vec<ChangeRow>, StoreError> {
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "SELECT pr_number, conversation_id, state, document, created_at, updated_at FROM changes \
+                 WHERE state = $1 ORDER BY updated_at ASC, pr_number ASC LIMIT $2",
+            )
+            .bind(state)
+            .bind(list_limit(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(|error| self.database_error(error))?
+            .iter()
+            .map(change_from_row)
+            .collect()
+        })
+    }
+
     /// Most recently updated first; `conversation_id` empty = every conversation.
     pub async fn list_changes(&self, conversation_id: &str, limit: u32) -> Result<Vec<ChangeRow>, StoreError> {
         with_pool!(self, |pool| {

@@ -68,10 +68,16 @@ impl Broker {
         for adopted in sandbox.processes {
             let process_id = {
                 let mut state = entry.lock();
-                let id = adopted.process_id.clone().unwrap_or_else(|| format!("p{}", state.next_process_number));
-                let number = id.strip_prefix('p').and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                // The id comes back from the sandbox (envd's process tag), so anything inside it
+                // could have set it: only the broker's own form `p<n>`, once, names a spool
+                // directory; anything else gets a fresh number (and a fresh spool).
+                let taken = |id: &str| state.processes.iter().any(|p| p.id == id);
+                let number = match adopted.process_id.as_deref().and_then(own_process_number) {
+                    Some(number) if !taken(&format!("p{number}")) => number,
+                    _ => state.next_process_number,
+                };
                 state.next_process_number = state.next_process_number.max(number + 1);
-                id
+                format!("p{number}")
             };
             let dir = inner.spool_dir.join(&sandbox.sandbox_id).join(&process_id);
             let pid = adopted.started.pid;
@@ -136,6 +142,13 @@ impl Broker {
     }
 }
 
+/// `n` of a process id of the broker's own form `p<n>` (digits only, no sign or leading zero).
+fn own_process_number(id: &str) -> Option<u64> {
+    let digits = id.strip_prefix('p')?;
+    let canonical = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
+    if canonical { digits.parse().ok() } else { None }
+}
+
 /// The spool the previous run wrote for this process, continued after its last seq (with the
 /// exit it recorded, if the process had ended); a fresh one, starting with the process's
 /// start, when there is none to continue.
@@ -158,5 +171,21 @@ fn remove_dir(path: &Path) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => tracing::warn!(path = %path.display(), %error, "cannot remove a stale spool"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_process_number;
+
+    #[test]
+    fn only_the_brokers_own_process_ids_name_a_spool() {
+        assert_eq!(own_process_number("p1"), Some(1));
+        assert_eq!(own_process_number("p42"), Some(42));
+        for hostile in
+            ["", "p", "p0", "p01", "/", "../..", "p1/../..", "p-1", "p+1", "p1 ", "x1", "p99999999999999999999"]
+        {
+            assert_eq!(own_process_number(hostile), None, "{hostile:?}");
+        }
     }
 }

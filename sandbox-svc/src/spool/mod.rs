@@ -164,8 +164,25 @@ impl Spool {
     }
 
     /// Appends one event and wakes readers; `Truncated` is stored as a gap at this seq (its
-    /// `first_available_seq` becomes the next seq). Returns the seq it was given.
+    /// `first_available_seq` becomes the next seq). Output longer than a segment holds is stored
+    /// as several consecutive events, so eviction stays granular: whatever a reader lags, the
+    /// newest output up to the limit is kept (one huge record would be dropped whole). Returns
+    /// the (last) seq given.
     pub fn append(&self, body: &EventBody) -> io::Result<u64> {
+        let max = self.segment_bytes as usize - HEADER_LEN;
+        let (data, wrap): (&Bytes, fn(Bytes) -> EventBody) = match body {
+            EventBody::Stdout(data) if data.len() > max => (data, EventBody::Stdout),
+            EventBody::Stderr(data) if data.len() > max => (data, EventBody::Stderr),
+            _ => return self.append_one(body),
+        };
+        let mut seq = 0;
+        for start in (0..data.len()).step_by(max) {
+            seq = self.append_one(&wrap(data.slice(start..(start + max).min(data.len()))))?;
+        }
+        Ok(seq)
+    }
+
+    fn append_one(&self, body: &EventBody) -> io::Result<u64> {
         let (kind, payload): (u8, Bytes) = match body {
             EventBody::Started { pid } => (1, Bytes::copy_from_slice(&pid.to_le_bytes())),
             EventBody::Stdout(data) => (2, data.clone()),
@@ -734,6 +751,32 @@ mod tests {
         spool.remove();
         let error = spool.reader(0).read_available(&mut Vec::new()).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn output_larger_than_a_segment_is_split_so_the_newest_survives_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 KiB: 16 KiB segments. One 200 KiB chunk, then the exit, with nobody reading.
+        let spool = Spool::create(dir.path().join("p"), 64 << 10).unwrap();
+        spool.append(&EventBody::Started { pid: 1 }).unwrap();
+        let data: Vec<u8> = (0..200u32 << 10).map(|i| (i % 251) as u8).collect();
+        let last = spool.append(&EventBody::Stdout(Bytes::from(data.clone()))).unwrap();
+        assert!(last > 10, "stored as many events, the last at seq {last}");
+        spool.append(&EventBody::Exited { exit_code: 0, signal: 0 }).unwrap();
+        spool.finish();
+        let events = read_all(&mut spool.reader(0));
+        assert!(matches!(events[0].body, EventBody::Truncated { .. }), "{:?}", events[0]);
+        let kept: Vec<u8> = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::Stdout(chunk) => Some(chunk.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(kept.len() >= 32 << 10, "the newest output is kept: {} bytes", kept.len());
+        assert!(data.ends_with(&kept), "and it is the tail, in order");
+        assert_eq!(events.last().unwrap().body, EventBody::Exited { exit_code: 0, signal: 0 });
     }
 
     #[test]

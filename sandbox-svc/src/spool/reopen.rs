@@ -94,15 +94,12 @@ impl Spool {
         let mut total_bytes = 0;
         for (index, scanned) in kept.into_iter().enumerate() {
             let is_last = index == last_index;
-            // Only the segment being appended to is held open; older ones open per read.
-            let file = if is_last {
-                Some(Arc::new(File::options().read(true).write(true).open(&scanned.path)?))
-            } else {
-                None
-            };
+            // Held open as a live spool holds its segments, so a reader that found one keeps it
+            // even if the writer drops it meanwhile.
+            let file = File::options().read(true).write(is_last).open(&scanned.path)?;
             total_bytes += scanned.len;
             segments.push_back(Arc::new(Segment {
-                file: Mutex::new(file),
+                file: Mutex::new(Some(Arc::new(file))),
                 path: scanned.path,
                 first_seq: scanned.first_seq,
                 len: AtomicU64::new(scanned.len),
