@@ -452,3 +452,73 @@ async fn pipelines_a_stopped_conductor_left_mid_way_are_settled_at_its_next_star
     conductor.stop().await;
     broker.stop().await.unwrap();
 }
+
+/// Sets `field` of change `number`'s saved document, as a pipeline saves its progress.
+async fn set_progress(store: &conductor_svc::store::Store, number: u64, field: &str, value: serde_json::Value) {
+    let mut row = store.get_change(number).await.unwrap().expect("the change was recorded");
+    let mut document: serde_json::Value = serde_json::from_str(&row.document).unwrap();
+    document[field] = value;
+    row.document = document.to_string();
+    store.save_change(&row).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_resumed_pipeline_skips_what_was_promoted_and_finishes_an_undo_it_had_begun() {
+    let Stack { broker, conductor, data_dir } = Stack::start(|_| {}).await;
+    let mut client = conductor.client().await;
+    let original = worker_versions(&mut client).await.into_iter().find(|v| v.active).unwrap();
+    let (_, pr) = broker_pr(&broker, "echo '# promoted' >> worker/Dockerfile", "Promoted").await;
+    change(&mut client, pr.number).await;
+    merge_at_broker(&broker, &pr, "progress-1").await;
+    // What the stopped pipeline had done: built and promoted the worker template.
+    let mut sandbox_client = broker.client().await;
+    let merged = sandbox_client
+        .get_pull_request(sandbox_pb::GetPullRequestRequest { number: pr.number })
+        .await
+        .unwrap()
+        .into_inner()
+        .pull_request
+        .unwrap();
+    let (_, built) = crate::common::build_template(&mut sandbox_client, "worker", &merged.merge_sha, pr.number).await;
+    let promote =
+        sandbox_pb::PromoteTemplateRequest { template: "worker".into(), version_id: built.version_id.clone() };
+    sandbox_client.promote_template(promote).await.unwrap();
+    conductor.stop().await;
+    let conductor_data = conductor_dir(data_dir.path());
+    let store = conductor_store(&conductor_data).await;
+    let now = std::time::SystemTime::now();
+    let used = conductor_svc::store::ApprovalRow {
+        approval_id: "progress-1".into(),
+        pr_number: pr.number,
+        head_sha: pr.head_sha.clone(),
+        report_digest: String::new(),
+        approver: "alice".into(),
+        override_reason: String::new(),
+        approved_at: now,
+        expires_at: now + std::time::Duration::from_secs(3600),
+        used_at: None,
+        void_reason: String::new(),
+    };
+    store.insert_approval(&used).await.unwrap();
+    assert!(store.use_approval("progress-1", now).await.unwrap());
+    leave_mid_pipeline(&store, pr.number).await;
+    let promoted = json!([{ "template": "worker", "version_id": built.version_id, "replaced": original.version_id }]);
+    set_progress(&store, pr.number, "promoted", promoted).await;
+    // The pipeline had failed after that and begun undoing it when it stopped.
+    let failure = json!({ "state": "smoke_test_failed", "detail": "smoke test of a later template failed" });
+    set_progress(&store, pr.number, "undoing", failure).await;
+    drop(store);
+
+    let conductor = TestConductor::start(&broker, &conductor_data, |_| {}).await;
+    let mut client = conductor.client().await;
+    let settled = wait_settled(&mut client, pr.number).await;
+    assert_eq!(settled.state, pb::ChangeState::SmokeTestFailed as i32, "{}", settled.state_detail);
+    let detail = &settled.state_detail;
+    assert!(detail.contains("resumed") && detail.contains("a later template failed"), "{detail}");
+    assert!(detail.contains(&format!("worker rolled back to {}", original.version_id)), "{detail}");
+    assert!(detail.contains("the merge is reverted on the branch"), "{detail}");
+    let active = worker_versions(&mut client).await.into_iter().find(|v| v.active).unwrap();
+    assert_eq!(active.version_id, original.version_id, "nothing was built again; the undo finished");
+    conductor.stop().await;
+    broker.stop().await.unwrap();
+}
