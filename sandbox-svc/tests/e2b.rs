@@ -298,7 +298,14 @@ async fn create_start_stream_and_exit_through_the_broker() {
     let read = pb::ReadFileRequest { sandbox_id: sandbox.sandbox_id.clone(), path: "dir/a.txt".into() };
     assert_eq!(&client.read_file(read).await.unwrap().into_inner().content[..], b"content");
     let missing = pb::ReadFileRequest { sandbox_id: sandbox.sandbox_id.clone(), path: "nope".into() };
-    assert_eq!(client.read_file(missing).await.unwrap_err().code(), tonic::Code::NotFound);
+    let err = client.read_file(missing).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    // In the API's terms, relative to the workspace, not envd's path inside the sandbox.
+    assert!(err.message().contains("nope") && !err.message().contains(WORKSPACE), "{}", err.message());
+    let mut in_missing_dir = start_request(&sandbox.sandbox_id, "true");
+    in_missing_dir.cwd = "no/such/dir".into();
+    let err = client.start_process(in_missing_dir).await.unwrap_err();
+    assert!(err.message().contains("no/such/dir") && !err.message().contains(WORKSPACE), "{}", err.message());
     let files: Vec<Recorded> = requests(&fake, "POST", "/files").into_iter().filter(|r| r.path == "/files").collect();
     assert!(
         files[0].query.contains("path=%2Fhome%2Fuser%2Fdir%2Fa.txt"),

@@ -101,6 +101,21 @@ pub enum ProviderError {
     Unavailable(String),
 }
 
+impl ProviderError {
+    /// The same error with its message passed through `rewrite`.
+    pub fn map_message(self, rewrite: impl Fn(&str) -> String) -> ProviderError {
+        match self {
+            ProviderError::InvalidArgument { field, message } => {
+                ProviderError::InvalidArgument { field, message: rewrite(&message) }
+            }
+            ProviderError::NotFound(message) => ProviderError::NotFound(rewrite(&message)),
+            ProviderError::TooLarge(message) => ProviderError::TooLarge(rewrite(&message)),
+            ProviderError::FailedPrecondition(message) => ProviderError::FailedPrecondition(rewrite(&message)),
+            ProviderError::Unavailable(message) => ProviderError::Unavailable(rewrite(&message)),
+        }
+    }
+}
+
 /// Creates sandboxes. Implementations must be cheap to share.
 #[async_trait]
 pub trait SandboxProvider: Send + Sync + 'static {

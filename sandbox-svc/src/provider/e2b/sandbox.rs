@@ -90,6 +90,24 @@ impl E2bSandbox {
         }
     }
 
+    /// `error` in the caller's terms: envd names paths inside the sandbox (`/home/user/a.txt`),
+    /// the broker's API names them relative to the workspace (`a.txt`), as `local` does.
+    fn in_workspace_terms(&self, error: ProviderError) -> ProviderError {
+        let root = self.workspace_dir.trim_end_matches('/');
+        let inside = format!("{root}/");
+        error.map_message(|message| {
+            let relative = message.replace(&inside, "");
+            // The workspace itself (a cwd of ""), up to where its path or quote ends.
+            let relative = ["\"", "'", ":", " ", ")"]
+                .iter()
+                .fold(relative, |text, end| text.replace(&format!("{root}{end}"), &format!(".{end}")));
+            match relative.strip_suffix(root) {
+                Some(head) => format!("{head}."),
+                None => relative,
+            }
+        })
+    }
+
     pub(super) fn track(&self, done: watch::Receiver<bool>) {
         let mut followers = self.followers.lock().expect("lock poisoned");
         followers.retain(|f| !*f.borrow());
@@ -220,11 +238,11 @@ fn start_field(error: &super::connect::ConnectError) -> &'static str {
 #[async_trait]
 impl ProviderSandbox for E2bSandbox {
     async fn start_process(&self, spec: ProcessSpec) -> Result<StartedProcess, ProviderError> {
-        self.start(PROCESS_TAG_PREFIX.to_owned(), spec).await
+        self.start(PROCESS_TAG_PREFIX.to_owned(), spec).await.map_err(|e| self.in_workspace_terms(e))
     }
 
     async fn start_named_process(&self, process_id: &str, spec: ProcessSpec) -> Result<StartedProcess, ProviderError> {
-        self.start(format!("{PROCESS_TAG_PREFIX}:{process_id}"), spec).await
+        self.start(format!("{PROCESS_TAG_PREFIX}:{process_id}"), spec).await.map_err(|e| self.in_workspace_terms(e))
     }
 
     async fn set_deadline(&self, deadline: SystemTime) -> Result<(), ProviderError> {
@@ -248,7 +266,7 @@ impl ProviderSandbox for E2bSandbox {
     async fn write_file(&self, path: &WorkspacePath, content: Bytes) -> Result<(), ProviderError> {
         self.core.ensure_running().await?;
         self.core.life.touch();
-        self.core.envd.write_file(&self.absolute(Some(path)), content).await
+        self.core.envd.write_file(&self.absolute(Some(path)), content).await.map_err(|e| self.in_workspace_terms(e))
     }
 
     async fn read_file(&self, path: &WorkspacePath, max_bytes: u64) -> Result<Bytes, ProviderError> {
@@ -267,7 +285,7 @@ impl ProviderSandbox for E2bSandbox {
                 return Err(invalid("is not a regular file (a FIFO, socket or device)"));
             }
         }
-        self.core.envd.read_file(&absolute, max_bytes).await
+        self.core.envd.read_file(&absolute, max_bytes).await.map_err(|e| self.in_workspace_terms(e))
     }
 
     async fn export_workspace(&self, limits: ExportLimits) -> Result<Vec<(String, WorkspaceEntry)>, ProviderError> {
