@@ -382,6 +382,25 @@ async fn leave_mid_pipeline(store: &conductor_svc::store::Store, number: u64) {
     store.save_change(&row).await.unwrap();
 }
 
+/// Records approval `id` of `pr`'s head as given and used, as a pipeline does before merging.
+async fn record_used_approval(store: &conductor_svc::store::Store, pr: &sandbox_pb::PullRequest, id: &str) {
+    let now = std::time::SystemTime::now();
+    let used = conductor_svc::store::ApprovalRow {
+        approval_id: id.into(),
+        pr_number: pr.number,
+        head_sha: pr.head_sha.clone(),
+        report_digest: String::new(),
+        approver: "alice".into(),
+        override_reason: String::new(),
+        approved_at: now,
+        expires_at: now + std::time::Duration::from_secs(3600),
+        used_at: None,
+        void_reason: String::new(),
+    };
+    store.insert_approval(&used).await.unwrap();
+    assert!(store.use_approval(id, now).await.unwrap());
+}
+
 /// Merges `pr` at the broker with approval `id`, as a pipeline does.
 async fn merge_at_broker(broker: &TestBroker, pr: &sandbox_pb::PullRequest, id: &str) {
     let merge = sandbox_pb::MergePullRequestRequest {
@@ -410,21 +429,7 @@ async fn pipelines_a_stopped_conductor_left_mid_way_are_settled_at_its_next_star
     conductor.stop().await;
     let conductor_data = conductor_dir(data_dir.path());
     let store = conductor_store(&conductor_data).await;
-    let now = std::time::SystemTime::now();
-    let used = conductor_svc::store::ApprovalRow {
-        approval_id: "resume-2".into(),
-        pr_number: merged.number,
-        head_sha: merged.head_sha.clone(),
-        report_digest: String::new(),
-        approver: "alice".into(),
-        override_reason: String::new(),
-        approved_at: now,
-        expires_at: now + std::time::Duration::from_secs(3600),
-        used_at: None,
-        void_reason: String::new(),
-    };
-    store.insert_approval(&used).await.unwrap();
-    assert!(store.use_approval("resume-2", now).await.unwrap());
+    record_used_approval(&store, &merged, "resume-2").await;
     for pr in [&not_merged, &merged, &by_hand] {
         leave_mid_pipeline(&store, pr.number).await;
     }
@@ -486,21 +491,7 @@ async fn a_resumed_pipeline_skips_what_was_promoted_and_finishes_an_undo_it_had_
     conductor.stop().await;
     let conductor_data = conductor_dir(data_dir.path());
     let store = conductor_store(&conductor_data).await;
-    let now = std::time::SystemTime::now();
-    let used = conductor_svc::store::ApprovalRow {
-        approval_id: "progress-1".into(),
-        pr_number: pr.number,
-        head_sha: pr.head_sha.clone(),
-        report_digest: String::new(),
-        approver: "alice".into(),
-        override_reason: String::new(),
-        approved_at: now,
-        expires_at: now + std::time::Duration::from_secs(3600),
-        used_at: None,
-        void_reason: String::new(),
-    };
-    store.insert_approval(&used).await.unwrap();
-    assert!(store.use_approval("progress-1", now).await.unwrap());
+    record_used_approval(&store, &pr, "progress-1").await;
     leave_mid_pipeline(&store, pr.number).await;
     let promoted = json!([{ "template": "worker", "version_id": built.version_id, "replaced": original.version_id }]);
     set_progress(&store, pr.number, "promoted", promoted).await;
@@ -519,6 +510,45 @@ async fn a_resumed_pipeline_skips_what_was_promoted_and_finishes_an_undo_it_had_
     assert!(detail.contains("the merge is reverted on the branch"), "{detail}");
     let active = worker_versions(&mut client).await.into_iter().find(|v| v.active).unwrap();
     assert_eq!(active.version_id, original.version_id, "nothing was built again; the undo finished");
+    conductor.stop().await;
+    broker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_resumed_pipeline_does_not_build_again_what_it_promoted_before_the_stop() {
+    let Stack { broker, conductor, data_dir } = Stack::start(|_| {}).await;
+    let mut client = conductor.client().await;
+    let script = "echo '# both' >> worker/Dockerfile && echo '# both' >> infrastructure/Dockerfile";
+    let (_, pr) = broker_pr(&broker, script, "Both").await;
+    change(&mut client, pr.number).await;
+    merge_at_broker(&broker, &pr, "skip-1").await;
+    // The stopped pipeline had promoted the worker template, not yet the infrastructure one.
+    let mut sandbox_client = broker.client().await;
+    let request = sandbox_pb::GetPullRequestRequest { number: pr.number };
+    let merged = sandbox_client.get_pull_request(request).await.unwrap().into_inner().pull_request.unwrap();
+    let (_, built) = crate::common::build_template(&mut sandbox_client, "worker", &merged.merge_sha, pr.number).await;
+    let promote =
+        sandbox_pb::PromoteTemplateRequest { template: "worker".into(), version_id: built.version_id.clone() };
+    sandbox_client.promote_template(promote).await.unwrap();
+    conductor.stop().await;
+    let conductor_data = conductor_dir(data_dir.path());
+    let store = conductor_store(&conductor_data).await;
+    record_used_approval(&store, &pr, "skip-1").await;
+    leave_mid_pipeline(&store, pr.number).await;
+    let promoted = json!([{ "template": "worker", "version_id": built.version_id, "replaced": null }]);
+    set_progress(&store, pr.number, "promoted", promoted).await;
+    drop(store);
+
+    let conductor = TestConductor::start(&broker, &conductor_data, |_| {}).await;
+    let mut client = conductor.client().await;
+    let settled = wait_settled(&mut client, pr.number).await;
+    assert_eq!(settled.state, pb::ChangeState::Promoted as i32, "{}", settled.state_detail);
+    let detail = &settled.state_detail;
+    assert!(detail.contains(&format!("worker {} promoted before the restart", built.version_id)), "{detail}");
+    assert!(detail.contains("built, smoke-tested and promoted infrastructure"), "{detail}");
+    let request = pb::ListTemplateVersionsRequest { template: "infrastructure".into() };
+    let versions = client.list_template_versions(request).await.unwrap().into_inner().versions;
+    assert!(versions.iter().any(|v| v.active && v.pr_number == pr.number), "{versions:?}");
     conductor.stop().await;
     broker.stop().await.unwrap();
 }
