@@ -401,6 +401,22 @@ async fn record_used_approval(store: &conductor_svc::store::Store, pr: &sandbox_
     assert!(store.use_approval(id, now).await.unwrap());
 }
 
+/// Builds `template` at merged `pr`'s merge commit and promotes it, as a pipeline does.
+async fn promote_at_broker(
+    broker: &TestBroker,
+    pr: &sandbox_pb::PullRequest,
+    template: &str,
+) -> sandbox_pb::TemplateVersion {
+    let mut client = broker.client().await;
+    let request = sandbox_pb::GetPullRequestRequest { number: pr.number };
+    let merged = client.get_pull_request(request).await.unwrap().into_inner().pull_request.unwrap();
+    let (_, built) = crate::common::build_template(&mut client, template, &merged.merge_sha, pr.number).await;
+    let promote =
+        sandbox_pb::PromoteTemplateRequest { template: template.into(), version_id: built.version_id.clone() };
+    client.promote_template(promote).await.unwrap();
+    built
+}
+
 /// Merges `pr` at the broker with approval `id`, as a pipeline does.
 async fn merge_at_broker(broker: &TestBroker, pr: &sandbox_pb::PullRequest, id: &str) {
     let merge = sandbox_pb::MergePullRequestRequest {
@@ -476,18 +492,7 @@ async fn a_resumed_pipeline_skips_what_was_promoted_and_finishes_an_undo_it_had_
     change(&mut client, pr.number).await;
     merge_at_broker(&broker, &pr, "progress-1").await;
     // What the stopped pipeline had done: built and promoted the worker template.
-    let mut sandbox_client = broker.client().await;
-    let merged = sandbox_client
-        .get_pull_request(sandbox_pb::GetPullRequestRequest { number: pr.number })
-        .await
-        .unwrap()
-        .into_inner()
-        .pull_request
-        .unwrap();
-    let (_, built) = crate::common::build_template(&mut sandbox_client, "worker", &merged.merge_sha, pr.number).await;
-    let promote =
-        sandbox_pb::PromoteTemplateRequest { template: "worker".into(), version_id: built.version_id.clone() };
-    sandbox_client.promote_template(promote).await.unwrap();
+    let built = promote_at_broker(&broker, &pr, "worker").await;
     conductor.stop().await;
     let conductor_data = conductor_dir(data_dir.path());
     let store = conductor_store(&conductor_data).await;
@@ -523,13 +528,7 @@ async fn a_resumed_pipeline_does_not_build_again_what_it_promoted_before_the_sto
     change(&mut client, pr.number).await;
     merge_at_broker(&broker, &pr, "skip-1").await;
     // The stopped pipeline had promoted the worker template, not yet the infrastructure one.
-    let mut sandbox_client = broker.client().await;
-    let request = sandbox_pb::GetPullRequestRequest { number: pr.number };
-    let merged = sandbox_client.get_pull_request(request).await.unwrap().into_inner().pull_request.unwrap();
-    let (_, built) = crate::common::build_template(&mut sandbox_client, "worker", &merged.merge_sha, pr.number).await;
-    let promote =
-        sandbox_pb::PromoteTemplateRequest { template: "worker".into(), version_id: built.version_id.clone() };
-    sandbox_client.promote_template(promote).await.unwrap();
+    let built = promote_at_broker(&broker, &pr, "worker").await;
     conductor.stop().await;
     let conductor_data = conductor_dir(data_dir.path());
     let store = conductor_store(&conductor_data).await;
