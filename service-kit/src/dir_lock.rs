@@ -39,6 +39,9 @@ impl DirLock {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot open the data dir lock {}", path.display()))?;
+        // A lock file left by an older version may be readable by others.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .with_context(|| format!("cannot restrict the data dir lock {}", path.display()))?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut logged = false;
         loop {

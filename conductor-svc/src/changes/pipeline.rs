@@ -144,15 +144,20 @@ impl Changes {
                     ),
                 ));
             }
-            broker.promote_template(&template, &version.version_id).await.map_err(|status| {
-                (ChangeState::BuildFailed, format!("promoting {} failed: {}", version.version_id, describe(&status)))
-            })?;
+            // Saved before promoting: a stop right after the promotion still knows what to roll
+            // back to (rolling back a promotion that did not happen changes nothing).
             record.promoted.push(Promotion {
                 template: template.clone(),
                 version_id: version.version_id.clone(),
                 replaced: previous.as_ref().map(|p| p.version_id.clone()),
             });
             self.save_progress(record).await;
+            if let Err(status) = broker.promote_template(&template, &version.version_id).await {
+                record.promoted.pop();
+                self.save_progress(record).await;
+                let detail = format!("promoting {} failed: {}", version.version_id, describe(&status));
+                return Err((ChangeState::BuildFailed, detail));
+            }
             self.remember_capabilities(&template, &version, previous.as_ref(), number, &smoke).await;
             done.push(format!("built, smoke-tested and promoted {template} {}", version.version_id));
         }

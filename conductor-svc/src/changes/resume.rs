@@ -24,35 +24,38 @@ use crate::broker_client::describe;
 const READ_ATTEMPTS: u32 = 5;
 const FIRST_RETRY: Duration = Duration::from_secs(2);
 
-/// Holds every pipeline back until dropped (see [`Changes::resume_interrupted`]).
-pub struct PipelinesHeld(#[allow(dead_code)] OwnedMutexGuard<()>);
+/// Holds every pipeline back until dropped, with the changes found interrupted before serving
+/// (see [`Changes::resume_interrupted`]).
+pub struct PipelinesHeld {
+    _lock: OwnedMutexGuard<()>,
+    interrupted: Vec<ChangeRecord>,
+}
 
 impl Changes {
-    /// Takes the pipeline lock; call before serving and hand it to
-    /// [`Changes::resume_interrupted`].
+    /// Takes the pipeline lock and reads the changes a previous run left `approved`; call before
+    /// serving (an approval given after that is a new pipeline, not an interrupted one) and hand
+    /// the result to [`Changes::resume_interrupted`].
     pub async fn hold_pipelines(&self) -> PipelinesHeld {
-        PipelinesHeld(self.inner.pipeline.clone().lock_owned().await)
-    }
-
-    /// Settles every change a previous run left `approved`, then lets pipelines run. Call once
-    /// the broker is reachable. Returns how many were settled.
-    pub async fn resume_interrupted(&self, _held: PipelinesHeld) -> usize {
+        let lock = self.inner.pipeline.clone().lock_owned().await;
         let rows = match self.inner.store.changes_in_state(ChangeState::Approved.as_str(), 0).await {
             Ok(rows) => rows,
             Err(error) => {
                 tracing::error!(%error, "cannot list changes to resume");
-                return 0;
+                Vec::new()
             }
         };
+        let interrupted = rows
+            .iter()
+            .filter_map(|row| decode(row).map_err(|error| tracing::error!(%error, "cannot read a change")).ok())
+            .collect();
+        PipelinesHeld { _lock: lock, interrupted }
+    }
+
+    /// Settles every change found interrupted, then lets pipelines run. Call once the broker is
+    /// reachable. Returns how many were settled.
+    pub async fn resume_interrupted(&self, held: PipelinesHeld) -> usize {
         let mut settled = 0;
-        for row in &rows {
-            let record = match decode(row) {
-                Ok(record) => record,
-                Err(error) => {
-                    tracing::error!(%error, "cannot read an interrupted change");
-                    continue;
-                }
-            };
+        for record in held.interrupted.clone() {
             let number = record.pr.number;
             match self.resume(record).await {
                 Ok(record) => {
@@ -64,6 +67,7 @@ impl Changes {
                 }
             }
         }
+        drop(held);
         settled
     }
 

@@ -64,25 +64,38 @@ impl Broker {
             registry.live += 1;
             registry.sandboxes.insert(sandbox.sandbox_id.clone(), entry.clone());
         }
+        // The ids come back from the sandbox (envd's process tags), so anything inside it could
+        // have set them: only the broker's own form `p<n>`, the first time it is seen, names a
+        // spool to continue. Those are reserved first; every other process gets a fresh number
+        // past them, and a fresh spool.
+        let mut reserved = std::collections::HashSet::new();
+        let own: Vec<Option<u64>> = sandbox
+            .processes
+            .iter()
+            .map(|p| p.process_id.as_deref().and_then(own_process_number).filter(|&n| reserved.insert(n)))
+            .collect();
+        {
+            let mut state = entry.lock();
+            let past_reserved = reserved.iter().max().map_or(0, |n| n + 1);
+            state.next_process_number = state.next_process_number.max(past_reserved);
+        }
         let mut started = 0;
-        for adopted in sandbox.processes {
-            let process_id = {
+        for (adopted, own) in sandbox.processes.into_iter().zip(own) {
+            let number = own.unwrap_or_else(|| {
                 let mut state = entry.lock();
-                // The id comes back from the sandbox (envd's process tag), so anything inside it
-                // could have set it: only the broker's own form `p<n>`, once, names a spool
-                // directory; anything else gets a fresh number (and a fresh spool).
-                let taken = |id: &str| state.processes.iter().any(|p| p.id == id);
-                let number = match adopted.process_id.as_deref().and_then(own_process_number) {
-                    Some(number) if !taken(&format!("p{number}")) => number,
-                    _ => state.next_process_number,
-                };
-                state.next_process_number = state.next_process_number.max(number + 1);
-                format!("p{number}")
-            };
+                let number = state.next_process_number;
+                state.next_process_number += 1;
+                number
+            });
+            let process_id = format!("p{number}");
             let dir = inner.spool_dir.join(&sandbox.sandbox_id).join(&process_id);
             let pid = adopted.started.pid;
-            let Reopened { spool, exit } = match continue_spool(&dir, limits.spool_bytes, pid) {
-                Ok(continued) => continued,
+            let spooled = match own {
+                Some(_) => continue_spool(&dir, limits.spool_bytes, pid),
+                None => fresh_spool(&dir, limits.spool_bytes, pid),
+            };
+            let Reopened { spool, exit } = match spooled {
+                Ok(spooled) => spooled,
                 Err(error) => {
                     tracing::error!(sandbox_id = %sandbox.sandbox_id, %process_id, %error, "cannot spool an adopted process");
                     continue;
@@ -160,6 +173,11 @@ fn continue_spool(dir: &Path, limit_bytes: u64, pid: u32) -> std::io::Result<Reo
             tracing::warn!(dir = %dir.display(), %error, "cannot continue the previous spool; starting afresh")
         }
     }
+    fresh_spool(dir, limit_bytes, pid)
+}
+
+/// A new spool in `dir` (whatever was there is deleted), starting with the process's start.
+fn fresh_spool(dir: &Path, limit_bytes: u64, pid: u32) -> std::io::Result<Reopened> {
     remove_dir(dir);
     let spool = Spool::create(dir.to_owned(), limit_bytes)?;
     spool.append(&EventBody::Started { pid })?;

@@ -95,8 +95,9 @@ impl Spool {
         for (index, scanned) in kept.into_iter().enumerate() {
             let is_last = index == last_index;
             // Held open as a live spool holds its segments, so a reader that found one keeps it
-            // even if the writer drops it meanwhile.
-            let file = File::options().read(true).write(is_last).open(&scanned.path)?;
+            // even if the writer drops it meanwhile; writable, since a dropped segment's file
+            // is recycled as the next one.
+            let file = File::options().read(true).write(true).open(&scanned.path)?;
             total_bytes += scanned.len;
             segments.push_back(Arc::new(Segment {
                 file: Mutex::new(Some(Arc::new(file))),
@@ -315,6 +316,14 @@ mod tests {
         assert_eq!(tail(&after), tail(&before));
         assert!(after.windows(2).skip(1).all(|w| w[1].seq == w[0].seq + 1), "contiguous after the gap");
         assert_eq!(spool.append(&stdout("more\n")).unwrap(), 20_002);
+        // Writing on recycles the reopened segments' files as new ones.
+        for i in 0..20_000 {
+            spool.append(&stdout(&format!("{i:>50}\n"))).unwrap();
+        }
+        spool.append(&EventBody::Exited { exit_code: 0, signal: 0 }).unwrap();
+        let tail = read_all(&mut spool.reader(0));
+        assert_eq!(tail.last().unwrap().seq, 40_003);
+        assert!(tail.windows(2).skip(1).all(|w| w[1].seq == w[0].seq + 1), "contiguous after the gap");
     }
 
     #[test]

@@ -94,6 +94,10 @@ impl E2bSandbox {
     /// the broker's API names them relative to the workspace (`a.txt`), as `local` does.
     fn in_workspace_terms(&self, error: ProviderError) -> ProviderError {
         let root = self.workspace_dir.trim_end_matches('/');
+        if root.is_empty() {
+            // The workspace is `/`: envd's paths already are the caller's, with a leading `/`.
+            return error;
+        }
         let inside = format!("{root}/");
         error.map_message(|message| {
             let relative = message.replace(&inside, "");
