@@ -54,8 +54,10 @@ impl Changes {
     /// Settles every change found interrupted, then lets pipelines run. Call once the broker is
     /// reachable. Returns how many were settled.
     pub async fn resume_interrupted(&self, held: PipelinesHeld) -> usize {
+        // The lock is released when `_lock` goes out of scope, after the loop.
+        let PipelinesHeld { _lock, interrupted } = held;
         let mut settled = 0;
-        for record in held.interrupted.clone() {
+        for record in interrupted {
             let number = record.pr.number;
             match self.resume(record).await {
                 Ok(record) => {
@@ -67,7 +69,6 @@ impl Changes {
                 }
             }
         }
-        drop(held);
         settled
     }
 

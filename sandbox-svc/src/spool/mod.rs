@@ -31,6 +31,12 @@ mod reopen;
 pub use self::reopen::Reopened;
 
 const HEADER_LEN: usize = 16;
+/// The kind byte of each record, one per [`EventBody`] variant.
+const KIND_STARTED: u8 = 1;
+const KIND_STDOUT: u8 = 2;
+const KIND_STDERR: u8 = 3;
+const KIND_EXITED: u8 = 4;
+const KIND_GAP: u8 = 5;
 /// Most bytes one `SpoolReader::read_available` call pulls from disk (one record may exceed it).
 /// Bounds the memory a reader holds per batch.
 const READ_BATCH_BYTES: u64 = 256 << 10;
@@ -184,16 +190,16 @@ impl Spool {
 
     fn append_one(&self, body: &EventBody) -> io::Result<u64> {
         let (kind, payload): (u8, Bytes) = match body {
-            EventBody::Started { pid } => (1, Bytes::copy_from_slice(&pid.to_le_bytes())),
-            EventBody::Stdout(data) => (2, data.clone()),
-            EventBody::Stderr(data) => (3, data.clone()),
+            EventBody::Started { pid } => (KIND_STARTED, Bytes::copy_from_slice(&pid.to_le_bytes())),
+            EventBody::Stdout(data) => (KIND_STDOUT, data.clone()),
+            EventBody::Stderr(data) => (KIND_STDERR, data.clone()),
             EventBody::Exited { exit_code, signal } => {
                 let mut b = [0u8; 8];
                 b[..4].copy_from_slice(&exit_code.to_le_bytes());
                 b[4..].copy_from_slice(&signal.to_le_bytes());
-                (4, Bytes::copy_from_slice(&b))
+                (KIND_EXITED, Bytes::copy_from_slice(&b))
             }
-            EventBody::Truncated { .. } => (5, Bytes::new()),
+            EventBody::Truncated { .. } => (KIND_GAP, Bytes::new()),
         };
         let record_len = (HEADER_LEN + payload.len()) as u64;
         let mut state = self.state.lock().expect("spool lock poisoned");
@@ -592,11 +598,13 @@ fn decode(seq: u64, kind: u8, payload: Bytes) -> io::Result<EventBody> {
         payload.get(at..at + 4).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)
     };
     Ok(match kind {
-        1 => EventBody::Started { pid: u32::from_le_bytes(int_at(0)?) },
-        2 => EventBody::Stdout(payload),
-        3 => EventBody::Stderr(payload),
-        4 => EventBody::Exited { exit_code: i32::from_le_bytes(int_at(0)?), signal: i32::from_le_bytes(int_at(4)?) },
-        5 => EventBody::Truncated { first_available_seq: seq + 1 },
+        KIND_STARTED => EventBody::Started { pid: u32::from_le_bytes(int_at(0)?) },
+        KIND_STDOUT => EventBody::Stdout(payload),
+        KIND_STDERR => EventBody::Stderr(payload),
+        KIND_EXITED => {
+            EventBody::Exited { exit_code: i32::from_le_bytes(int_at(0)?), signal: i32::from_le_bytes(int_at(4)?) }
+        }
+        KIND_GAP => EventBody::Truncated { first_available_seq: seq + 1 },
         _ => return Err(corrupt()),
     })
 }
@@ -656,7 +664,7 @@ mod tests {
             let gap = events.iter().find(|e| e.seq == 2).unwrap();
             assert_eq!(gap.body, EventBody::Truncated { first_available_seq: 3 }, "after {after}");
         }
-        let from_disk = decode(2, 5, Bytes::new()).unwrap();
+        let from_disk = decode(2, KIND_GAP, Bytes::new()).unwrap();
         assert_eq!(from_disk, EventBody::Truncated { first_available_seq: 3 });
     }
 

@@ -22,12 +22,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::{HEADER_LEN, RECENT_WINDOW_BYTES, Segment, Spool, SpoolHead, SpoolState};
-
-/// Kind byte of an `Exited` record (see `Spool::append`).
-const EXITED_KIND: u8 = 4;
-/// Largest kind byte a record may carry.
-const LAST_KIND: u8 = 5;
+use super::{
+    EventBody, HEADER_LEN, KIND_EXITED, KIND_GAP, KIND_STARTED, RECENT_WINDOW_BYTES, Segment, Spool, SpoolHead,
+    SpoolState, decode,
+};
 
 /// A segment file as found, before it is checked.
 struct FoundSegment {
@@ -82,7 +80,7 @@ impl Spool {
         }
         kept.reverse();
         let Some(last) = kept.last() else { return Ok(None) };
-        let exit = if last.last_kind == EXITED_KIND { Some(read_exit(last)?) } else { None };
+        let exit = if last.last_kind == KIND_EXITED { Some(read_exit(last)?) } else { None };
         if last.has_tail {
             // The next append starts on a record boundary, and nothing stale lies beyond it.
             tracing::warn!(path = %last.path.display(), len = last.len, "spool segment cut after its last complete record");
@@ -146,8 +144,10 @@ pub struct Reopened {
 fn read_exit(segment: &ScannedSegment) -> io::Result<(i32, i32)> {
     let mut payload = [0u8; 8];
     File::open(&segment.path)?.read_exact_at(&mut payload, segment.last_payload_offset)?;
-    let int_at = |at: usize| i32::from_le_bytes(payload[at..at + 4].try_into().expect("4 bytes"));
-    Ok((int_at(0), int_at(4)))
+    match decode(segment.last_seq, KIND_EXITED, bytes::Bytes::copy_from_slice(&payload))? {
+        EventBody::Exited { exit_code, signal } => Ok((exit_code, signal)),
+        other => unreachable!("an exit record decodes as an exit, not {other:?}"),
+    }
 }
 
 /// `<n>.seg` files in `dir`, in the order they were written.
@@ -182,7 +182,11 @@ fn scan_segment(path: &Path) -> io::Result<Option<ScannedSegment>> {
         let len = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")) as u64;
         let end = offset + HEADER_LEN as u64 + len;
         let continues = seq >= 1 && scanned.as_ref().is_none_or(|s| seq == s.last_seq + 1 && tag == s.tag);
-        if !continues || !(1..=LAST_KIND).contains(&kind) || end > file_len || (kind == EXITED_KIND && len != 8) {
+        if !continues
+            || !(KIND_STARTED..=KIND_GAP).contains(&kind)
+            || end > file_len
+            || (kind == KIND_EXITED && len != 8)
+        {
             break;
         }
         let record = scanned.get_or_insert(ScannedSegment {
